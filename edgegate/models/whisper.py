@@ -1,0 +1,293 @@
+"""Whisper encoder-decoder in PyTorch whose every residual module can be skipped by a gate.
+
+Parameter names follow openai/whisper's ``model.py`` so that its checkpoints load as they are.
+Gateable modules have stable names in execution order (see ``gate_names``): ``encoder.3.attn``,
+``encoder.3.mlp``, ``decoder.1.self_attn``, ``decoder.1.cross_attn``, ``decoder.1.mlp``.
+
+A gate vector holds one keep-value per gateable module:
+- ``None``: dense.
+- a bool tensor, or a float tensor that needs no grad outside training: a skipped module is not
+  computed at all (``x = x``), and a skipped cross-attention gets no K/V projection either.
+- a float tensor (B, L) that requires grad, or any float gates in training mode: the gate
+  multiplies the residual branch so that gradients reach whatever produced it.
+A module skipped in place may be replaced by a small skip adapter (``add_skip_adapters``) that
+runs only when the module does not, so the dense path stays bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelDims:
+    n_mels: int = 80
+    n_audio_ctx: int = 1500
+    n_audio_state: int = 512
+    n_audio_head: int = 8
+    n_audio_layer: int = 6
+    n_vocab: int = 51865
+    n_text_ctx: int = 448
+    n_text_state: int = 512
+    n_text_head: int = 8
+    n_text_layer: int = 6
+    n_audio_mlp: int = 0  # 0 means 4 * n_audio_state, as in OpenAI's checkpoints
+    n_text_mlp: int = 0
+
+    def __post_init__(self) -> None:
+        self.n_audio_mlp = self.n_audio_mlp or 4 * self.n_audio_state
+        self.n_text_mlp = self.n_text_mlp or 4 * self.n_text_state
+
+
+ENCODER_KINDS = ("attn", "mlp")
+DECODER_KINDS = ("self_attn", "cross_attn", "mlp")
+
+
+def gate_names(dims: ModelDims) -> list[str]:
+    """Gateable module names in execution order: all encoder modules, then all decoder modules."""
+    names = [f"encoder.{i}.{k}" for i in range(dims.n_audio_layer) for k in ENCODER_KINDS]
+    names += [f"decoder.{i}.{k}" for i in range(dims.n_text_layer) for k in DECODER_KINDS]
+    return names
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tensor:
+    log_timescale_increment = torch.log(torch.tensor(max_timescale)) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, n_state: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state, bias=False)
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values already split into heads: (B, H, T, Dh) each."""
+        return self.split_heads(self.key(x)), self.split_heads(self.value(x))
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        q = self.split_heads(self.query(x))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(o.transpose(1, 2).flatten(2))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        k, v = self.project_kv(x)
+        return self.attend(x, k, v, mask)
+
+
+class SkipAdapter(nn.Module):
+    """Low-rank bypass that stands in for a skipped module; zero-initialised so it starts as identity."""
+
+    def __init__(self, n_state: int, rank: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(n_state)
+        self.down = nn.Linear(n_state, rank)
+        self.up = nn.Linear(rank, n_state)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(F.gelu(self.down(self.ln(x))))
+
+
+def mlp(n_state: int, n_mlp: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_state, n_mlp), nn.GELU(), nn.Linear(n_mlp, n_state))
+
+
+# One module's gate as the blocks see it: None (run), bool (run or skip), Tensor (B,) multiplier.
+Gate = bool | Tensor | None
+
+
+def gated_residual(x: Tensor, gate: Gate, branch: Callable[[], Tensor],
+                   adapter: SkipAdapter | None = None) -> Tensor:
+    if gate is None or gate is True:
+        return x + branch()
+    if gate is False:
+        return x + adapter(x) if adapter is not None else x
+    g = gate.to(x.dtype).view(-1, 1, 1)
+    out = x + g * branch()
+    if adapter is not None:
+        out = out + (1 - g) * adapter(x)
+    return out
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, n_state: int, n_head: int, n_mlp: int):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = nn.LayerNorm(n_state)
+        self.mlp = mlp(n_state, n_mlp)
+        self.mlp_ln = nn.LayerNorm(n_state)
+
+    def forward(self, x: Tensor, gates: tuple[Gate, Gate], adapters: tuple = (None, None)) -> Tensor:
+        x = gated_residual(x, gates[0], lambda: self.attn(self.attn_ln(x)), adapters[0])
+        x = gated_residual(x, gates[1], lambda: self.mlp(self.mlp_ln(x)), adapters[1])
+        return x
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, n_state: int, n_head: int, n_mlp: int):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = nn.LayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head)
+        self.cross_attn_ln = nn.LayerNorm(n_state)
+        self.mlp = mlp(n_state, n_mlp)
+        self.mlp_ln = nn.LayerNorm(n_state)
+
+    def self_attention(self, x: Tensor, mask: Tensor | None, cache: dict | None, key: int) -> Tensor:
+        h = self.attn_ln(x)
+        k, v = self.attn.project_kv(h)
+        if cache is not None:
+            if key in cache:
+                k = torch.cat([cache[key][0], k], dim=2)
+                v = torch.cat([cache[key][1], v], dim=2)
+            cache[key] = (k, v)
+        return self.attn.attend(h, k, v, mask)
+
+    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | None, mask: Tensor | None,
+                gates: tuple[Gate, Gate, Gate], cache: dict | None, layer: int,
+                adapters: tuple = (None, None, None)) -> Tensor:
+        x = gated_residual(x, gates[0], lambda: self.self_attention(x, mask, cache, layer), adapters[0])
+        if cross_kv is None and gates[1] is not False:
+            raise ValueError(f"decoder layer {layer}: cross-attention is kept but has no K/V")
+        x = gated_residual(x, gates[1], lambda: self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv),
+                           adapters[1])
+        x = gated_residual(x, gates[2], lambda: self.mlp(self.mlp_ln(x)), adapters[2])
+        return x
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        d = dims.n_audio_state
+        self.conv1 = nn.Conv1d(dims.n_mels, d, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", sinusoids(dims.n_audio_ctx, d))
+        self.blocks = nn.ModuleList(EncoderBlock(d, dims.n_audio_head, dims.n_audio_mlp)
+                                    for _ in range(dims.n_audio_layer))
+        self.ln_post = nn.LayerNorm(d)
+
+    def forward(self, mel: Tensor, gates: list[Gate], adapters: list) -> Tensor:
+        """mel (B, n_mels, 2*T) with T <= n_audio_ctx; fewer frames than 3000 trims the context."""
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        if x.shape[1] > self.positional_embedding.shape[0]:
+            raise ValueError(f"audio has {x.shape[1]} encoder frames, more than n_audio_ctx")
+        x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, (gates[2 * i], gates[2 * i + 1]), (adapters[2 * i], adapters[2 * i + 1]))
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        d = dims.n_text_state
+        self.token_embedding = nn.Embedding(dims.n_vocab, d)
+        self.positional_embedding = nn.Parameter(torch.empty(dims.n_text_ctx, d))
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.blocks = nn.ModuleList(DecoderBlock(d, dims.n_text_head, dims.n_text_mlp)
+                                    for _ in range(dims.n_text_layer))
+        self.ln = nn.LayerNorm(d)
+
+    def cross_kv(self, xa: Tensor, gates: list[Gate]) -> list[tuple[Tensor, Tensor] | None]:
+        """Cross-attention K/V of every layer, computed once per utterance; None where skipped."""
+        return [None if gates[3 * i + 1] is False else block.cross_attn.project_kv(xa)
+                for i, block in enumerate(self.blocks)]
+
+    def forward(self, tokens: Tensor, cross_kv: list, gates: list[Gate], adapters: list,
+                cache: dict | None = None) -> Tensor:
+        offset = cache.get("offset", 0) if cache is not None else 0
+        t = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + t]
+        # Boolean mask (True = may attend); a single new token with a cache needs none.
+        mask = None
+        if t > 1:
+            mask = torch.ones(t, offset + t, dtype=torch.bool, device=x.device).tril(offset)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cross_kv[i], mask, tuple(gates[3 * i: 3 * i + 3]), cache, i,
+                      tuple(adapters[3 * i: 3 * i + 3]))
+        if cache is not None:
+            cache["offset"] = offset + t
+        x = self.ln(x)
+        return x @ self.token_embedding.weight.to(x.dtype).T
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims)
+        self.decoder = TextDecoder(dims)
+        self.gate_names = gate_names(dims)
+        self.n_encoder_gates = 2 * dims.n_audio_layer
+        self.skip_adapters = nn.ModuleDict()
+
+    # -- gates -------------------------------------------------------------------------------
+    def add_skip_adapters(self, rank: int = 32, names: list[str] | None = None) -> None:
+        """Attach a zero-initialised low-rank bypass to each named module (default: all)."""
+        for name in names or self.gate_names:
+            d = self.dims.n_audio_state if name.startswith("encoder") else self.dims.n_text_state
+            self.skip_adapters[name.replace(".", "_")] = SkipAdapter(d, rank)
+
+    def _adapters(self) -> list[SkipAdapter | None]:
+        return [self.skip_adapters[n.replace(".", "_")] if n.replace(".", "_") in self.skip_adapters else None
+                for n in self.gate_names]
+
+    def split_gates(self, gates: Tensor | None) -> list[Gate]:
+        """Turn a gate vector (L,) or (B, L) into one gate per module (see the module docstring)."""
+        n = len(self.gate_names)
+        if gates is None:
+            return [None] * n
+        if gates.shape[-1] != n:
+            raise ValueError(f"gate vector has {gates.shape[-1]} entries; this model has {n} gateable modules")
+        multiply = gates.dtype != torch.bool and (gates.requires_grad or self.training)
+        if multiply:
+            g = gates if gates.dim() == 2 else gates[None]
+            return [g[:, i] for i in range(n)]
+        g = gates.bool() if gates.dim() == 1 else gates.bool()
+        if g.dim() == 2:
+            if not (g == g[:1]).all():  # rows differ: compute everything and mask per row
+                return [g[:, i].float() for i in range(n)]
+            g = g[0]
+        return [bool(v) for v in g.tolist()]
+
+    # -- forward -----------------------------------------------------------------------------
+    def embed_audio(self, mel: Tensor, gates: Tensor | list[Gate] | None = None) -> Tensor:
+        per_module = gates if isinstance(gates, list) else self.split_gates(gates)
+        return self.encoder(mel, per_module[: self.n_encoder_gates], self._adapters()[: self.n_encoder_gates])
+
+    def cross_kv(self, audio_features: Tensor, gates: Tensor | list[Gate] | None = None) -> list:
+        per_module = gates if isinstance(gates, list) else self.split_gates(gates)
+        return self.decoder.cross_kv(audio_features, per_module[self.n_encoder_gates:])
+
+    def decode(self, tokens: Tensor, cross_kv: list, gates: Tensor | list[Gate] | None = None,
+               cache: dict | None = None) -> Tensor:
+        per_module = gates if isinstance(gates, list) else self.split_gates(gates)
+        return self.decoder(tokens, cross_kv, per_module[self.n_encoder_gates:],
+                            self._adapters()[self.n_encoder_gates:], cache)
+
+    def forward(self, mel: Tensor, tokens: Tensor, gates: Tensor | None = None) -> Tensor:
+        """Full teacher-forced logits (B, T, vocab)."""
+        per_module = self.split_gates(gates)
+        xa = self.embed_audio(mel, per_module)
+        return self.decode(tokens, self.cross_kv(xa, per_module), per_module)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.positional_embedding.device

@@ -1,0 +1,1 @@
+"""Exporters per target: turn a gated model into a bundle."""

@@ -1,0 +1,1 @@
+"""The torch-free on-device runtime: bundle reader, planner, backends."""
