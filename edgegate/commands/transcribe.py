@@ -56,11 +56,14 @@ def format_result(path: str, result: Transcription, fmt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgegate.models.registry import resolve_model, tokenizer_path
+    from edgegate.tokenizer import WhisperTokenizer
+
+    if args.language is not None:  # fail once, before loading weights or reading any file
+        WhisperTokenizer.from_file(tokenizer_path(resolve_model(args.model))).normalize_language(args.language)
     from edgegate.transcriber import WhisperModel
 
     model = WhisperModel(args.model, threads=args.threads)
-    if args.language is not None:
-        model.tokenizer.normalize_language(args.language)  # fail once, before any file
     failed = 0
     for path in args.files:
         try:

