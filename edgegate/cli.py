@@ -16,6 +16,7 @@ from edgegate.errors import EdgegateError
 # Order is the order shown in --help.
 COMMAND_MODULES = [
     "transcribe",
+    "live",
     "corpus",
 ]
 

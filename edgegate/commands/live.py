@@ -1,0 +1,284 @@
+"""``edgegate live``: transcribe the microphone (or replay a file) with partial and final lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import threading
+from typing import Any
+
+from edgegate.errors import EdgegateError
+
+HELP = """Live transcription from a microphone, one line per utterance.
+
+Audio is captured with PortAudio (sounddevice) at 16 kHz mono (or the device's rate, resampled),
+cut into utterances by a voice-activity detector (Silero VAD when the silero-vad wheel is
+installed, else an energy detector with hysteresis), and transcribed by a bundle on the
+torch-free runtime (--bundle) or the PyTorch model (--model). While someone speaks, the
+utterance so far is re-transcribed about once a second on one updating line (shown when
+stderr is a terminal); when they stop, the final line is printed with the latency from the
+end of speech to the text and the number of modules that ran. At the end (Ctrl-C, 'q', or the
+end of --input) a summary: utterances, audio seconds, real-time factor, median latency.
+
+keys (when stdin is a terminal):  + / -  raise / lower the budget by 0.1 (bundles with a gate
+predictor);  q  stop after the current utterance.  Ctrl-C also stops; twice quits at once.
+
+--input FILE replays a file through exactly the same path as the microphone (a reader thread
+feeds the same queue in 0.1-s blocks) at real-time pace; add --fast to replay as fast as the
+model allows, with latencies measured on a simulated clock (what a real-time run would see).
+
+examples:
+  edgegate live --list-devices
+  edgegate live --bundle bundles/whisper-base-cpu --language en --budget 0.3
+  edgegate live --model whisper-base --device 2 --language en
+  edgegate live --input meeting.wav --fast --language en --format jsonl
+"""
+
+
+def _device(value: str) -> int | str:
+    return int(value) if value.strip().lstrip("-").isdigit() else value
+
+
+def _seconds(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--bundle", metavar="DIR", default=None,
+                     help="bundle written by edgegate export, run on the torch-free runtime")
+    src.add_argument("--model", default=None,
+                     help="PyTorch model: a registered name or checkpoint path (default: whisper-base)")
+    p.add_argument("--language", default=None, help="language code or name (default: detect per utterance)")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
+                   help="transcribe in the spoken language, or translate to English")
+    p.add_argument("--budget", type=float, default=None,
+                   help="fraction of the gateable cost to skip, in [0, 1) (default: the bundle's profile; "
+                        "needs a bundle with a gate predictor); change it while running with + and -")
+    p.add_argument("--device", type=_device, default=None, metavar="N",
+                   help="input device index or name substring (default: the system's default input)")
+    p.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
+    p.add_argument("--input", metavar="FILE", default=None,
+                   help="replay an audio file instead of the microphone (same path, real-time pace)")
+    p.add_argument("--fast", action="store_true",
+                   help="with --input: replay as fast as possible, latencies on a simulated clock")
+    p.add_argument("--vad", choices=("auto", "energy", "silero"), default="auto",
+                   help="voice-activity detector (auto: silero when installed, else energy)")
+    p.add_argument("--min-silence", type=_seconds, default=0.5, metavar="S",
+                   help="a pause this long ends an utterance (default 0.5)")
+    p.add_argument("--max-utterance", type=_seconds, default=25.0, metavar="S",
+                   help="cut utterances longer than this (default 25)")
+    p.add_argument("--no-partials", action="store_true", help="only final lines, no re-transcription while speaking")
+    p.add_argument("--partial-interval", type=_seconds, default=1.0, metavar="S",
+                   help="re-transcribe the growing utterance every S seconds of audio (default 1.0)")
+    p.add_argument("--audio-ctx", type=int, default=None, metavar="N",
+                   help="trim Whisper's encoder context to the utterance plus N positions (20 ms each): much "
+                        "faster on short utterances, but Whisper may repeat itself (default: the full 30 s)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: '[start -> end] text  (latency, modules)'; jsonl: one JSON object per event")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: all cores)")
+    p.add_argument("--backend", default="auto", help="runtime backend for --bundle (default: the profile's first)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("live", help="live transcription from a microphone (or a replayed file)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- output
+
+
+class Console:
+    """Final lines on stdout; partials (one updating line), notices and the summary on stderr."""
+
+    def __init__(self, fmt: str = "text", out=None, err=None):
+        self.fmt = fmt
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.live_line = self.err.isatty()
+        self._shown = False
+        self._lock = threading.Lock()
+
+    def _clear(self) -> None:
+        if self._shown:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self._shown = False
+
+    def partial(self, event) -> None:
+        with self._lock:
+            if self.fmt == "jsonl":
+                self._json({"type": "partial", "text": event.text, "start": round(event.start_s, 3),
+                            "duration": round(event.duration, 3), "tentative": event.tentative})
+            elif self.live_line and event.text:
+                width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+                line = ("» " if event.tentative else "… ") + event.text
+                if len(line) > width:
+                    line = "…" + line[-(width - 1):]
+                self.err.write("\r\033[K" + line)
+                self.err.flush()
+                self._shown = True
+
+    def final(self, event) -> None:
+        with self._lock:
+            self._clear()
+            if self.fmt == "jsonl":
+                self._json({"type": "final", "index": event.index, "text": event.text, "start": round(event.start_s, 3),
+                            "end": round(event.end_s, 3), "language": event.language,
+                            "latency": round(event.latency, 3), "text_latency": round(event.text_latency, 3),
+                            "compute": round(event.compute, 3), "kept": event.kept, "total": event.total,
+                            "budget": event.budget, "forced": event.forced})
+                return
+            budget = "" if event.budget is None else f", budget {event.budget:.1f}"
+            print(f"[{event.start_s:7.2f} -> {event.end_s:7.2f}] {event.text}  "
+                  f"(latency {event.latency:.2f} s, {event.modules()}{budget})", file=self.out, flush=True)
+
+    def info(self, message: str) -> None:
+        with self._lock:
+            self._clear()
+            print(message, file=self.err, flush=True)
+
+    def _json(self, obj: dict[str, Any]) -> None:
+        print(json.dumps(obj, ensure_ascii=False), file=self.out, flush=True)
+
+
+def list_devices(console: Console) -> int:
+    from edgegate.live import NO_DEVICE_MESSAGE, list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except EdgegateError as exc:
+        console.info(f"{NO_DEVICE_MESSAGE} ({exc})")
+        return 1
+    if not devices:
+        console.info(NO_DEVICE_MESSAGE)
+        return 1
+    print("input devices (use --device N):", file=console.out)
+    for d in devices:
+        mark = "  (default)" if d["default"] else ""
+        print(f"  {d['index']:3d}  {d['name']}  [{d['hostapi']}, {d['channels']} ch, "
+              f"{d['default_samplerate']:.0f} Hz]{mark}", file=console.out)
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace, console: Console | None = None) -> int:
+    from edgegate.live import (
+        NO_DEVICE_MESSAGE,
+        FileSource,
+        Final,
+        KeyReader,
+        LiveTranscriber,
+        MicSource,
+        Notice,
+        Partial,
+        list_input_devices,
+        load_transcriber,
+    )
+    from edgegate.vad import VadConfig
+
+    console = console or Console(args.format)
+    if args.list_devices:
+        return list_devices(console)
+    if args.fast and not args.input:
+        raise EdgegateError("--fast only applies to --input FILE replay; drop --fast or add --input FILE")
+    vad_config = VadConfig(min_silence=args.min_silence, max_utterance=args.max_utterance,
+                           post_pad=min(0.2, args.min_silence)).validate()
+    # Open the input before loading the model: a bad file or a missing device fails in a second.
+    if args.input:
+        source = FileSource(args.input, realtime=not args.fast)
+    else:
+        if not list_input_devices():
+            raise EdgegateError(NO_DEVICE_MESSAGE)
+        source = MicSource(args.device)
+
+    transcriber = load_transcriber(args.bundle, args.model or "whisper-base", threads=args.threads,
+                                   backend=args.backend)
+    live = LiveTranscriber(transcriber, language=args.language, task=args.task, budget=args.budget, vad=args.vad,
+                           vad_config=vad_config, partials=not args.no_partials,
+                           partial_interval=args.partial_interval, audio_ctx=args.audio_ctx,
+                           partial_ctx=args.audio_ctx)
+    warm = live.warmup()  # also validates --language and --budget before the microphone opens
+
+    def on_key(ch: str) -> None:
+        if ch in "+=-_":
+            try:
+                value = live.step_budget(0.1 if ch in "+=" else -0.1)
+                console.info(f"budget {value:.1f} (from the next utterance)")
+            except EdgegateError as exc:
+                console.info(f"budget unchanged: {exc}")
+        elif ch in "qQ":
+            console.info("stopping after the current utterance")
+            live.stop()
+
+    interrupted = {"n": 0}
+
+    def on_sigint(signum, frame):
+        interrupted["n"] += 1
+        if interrupted["n"] > 1:
+            raise KeyboardInterrupt
+        console.info("stopping after the current utterance (Ctrl-C again to quit now)")
+        live.stop()
+
+    keys = KeyReader(on_key)
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        has_keys = keys.start()
+        default = getattr(transcriber, "default_budget", None)
+        budget = f"{live.budget:.1f}" if live.budget is not None else (
+            "dense" if default is None else f"{default:.1f} (profile)")
+        console.info(f"model: {live.describe()}; vad: {live.detector.name}; budget: {budget}; warm-up {warm:.1f} s"
+                     + ("; keys: + / - budget, q quit" if has_keys else "") + "; Ctrl-C stops")
+        for event in live.run(source):
+            if isinstance(event, Partial):
+                console.partial(event)
+            elif isinstance(event, Final):
+                console.final(event)
+            elif isinstance(event, Notice):
+                console.info(("error: " if event.level == "error" else "") + event.message)
+    except KeyboardInterrupt:  # the second Ctrl-C: quit now, but still say what was done
+        console.info("interrupted")
+        console.info(live.summary.format())
+        return 130
+    finally:
+        keys.stop()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    summary = live.summary
+    console.info(summary.format())
+    return 1 if summary.error else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgegate.commands.live ...``: the same command without the top-level CLI."""
+    parser = argparse.ArgumentParser(prog="edgegate live", description=HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(run(args) or 0)
+    except EdgegateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
