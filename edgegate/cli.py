@@ -17,6 +17,9 @@ from edgegate.errors import EdgegateError
 COMMAND_MODULES = [
     "transcribe",
     "live",
+    "export",
+    "inspect",
+    "profiles",
     "corpus",
 ]
 

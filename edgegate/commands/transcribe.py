@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 
 from edgegate.errors import EdgegateError
@@ -19,6 +20,12 @@ the others are still transcribed; the exit code is 1 if any file failed.
 examples:
   edgegate transcribe clip.wav --language en
   edgegate transcribe interview.flac --task translate --format srt
+  edgegate transcribe clip.wav --budget 0.25                 # shipped gate predictor, PyTorch
+  edgegate transcribe clip.wav --bundle bundles/whisper-base-cpu --budget 0.25   # torch-free runtime
+
+--budget is the fraction of the gateable cost (FLOPs) to skip: 0 = dense, 0.5 = skip half.
+With --bundle the torch-free runtime runs the exported bundle (its own predictor and default
+budget); without it, the PyTorch model with the gate set of --gates (default: the shipped one).
 """
 
 
@@ -33,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="language code or name (en, de, German...); default: detect from the first 30 s")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
                    help="transcribe in the spoken language, or translate to English")
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="run an exported bundle on the torch-free runtime instead of the PyTorch model")
+    p.add_argument("--backend", default="auto", help="runtime backend for --bundle: auto, onnxruntime, executorch")
+    p.add_argument("--budget", type=float, default=None,
+                   help="fraction of gateable cost to skip, in [0, 1) (default: dense, or the bundle's profile)")
+    p.add_argument("--gates", default="whisper-base",
+                   help="gate set for --budget without --bundle: a train-gates output dir or a shipped name")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); 5 = Whisper's beam search")
     p.add_argument("--format", choices=("text", "json", "srt"), default="text", help="output format")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -55,19 +69,38 @@ def format_result(path: str, result: Transcription, fmt: str) -> str:
     return result.text
 
 
-def run(args: argparse.Namespace) -> int:
+def load_transcriber(args: argparse.Namespace) -> Callable[[str], Transcription]:
+    """The one transcription function this invocation uses: runtime bundle, gated or dense PyTorch."""
+    opts = {"language": args.language, "task": args.task, "beam_size": args.beam_size}
+    if args.bundle:
+        from edgegate.runtimes import Session
+
+        session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
+        return lambda path: session.transcribe(path, **opts)
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
 
     if args.language is not None:  # fail once, before loading weights or reading any file
         WhisperTokenizer.from_file(tokenizer_path(resolve_model(args.model))).normalize_language(args.language)
+    if args.budget:
+        from edgegate.budget import validate_budget
+        from edgegate.gated import load_gated
+
+        budget = validate_budget(args.budget)
+        gated = load_gated(args.gates, model=args.model, threads=args.threads)
+        return lambda path: gated.transcribe(path, budget=budget, **opts)
     from edgegate.transcriber import WhisperModel
 
     model = WhisperModel(args.model, threads=args.threads)
+    return lambda path: model.transcribe(path, **opts)
+
+
+def run(args: argparse.Namespace) -> int:
+    transcribe = load_transcriber(args)
     failed = 0
     for path in args.files:
         try:
-            result = model.transcribe(path, language=args.language, task=args.task, beam_size=args.beam_size)
+            result = transcribe(path)
         except EdgegateError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,410 @@
+"""Runtime benchmark: PyTorch eager vs one monolithic ONNX graph vs edgegate's per-module runtime,
+dense and under budgets, on the 5 LibriVox clips, same machine, one run.
+
+    python benchmarks/bench_runtime.py                 # table + benchmarks/results/bench_runtime.json
+    python benchmarks/bench_runtime.py --threading     # also: ONNX Runtime thread-pool modes
+
+Rows (each clip runs every row in turn, so background load hits all rows alike; medians over clips):
+- torch-eager-dense          edgegate.transcriber.WhisperModel (PyTorch), dense
+- onnx-monolithic-dense      one encoder graph + one cross-K/V graph + one decoder-step graph (ORT)
+- edgegate-dense             the bundle's per-module graphs, all gates on (ORT)
+- edgegate-budget-B          B in 0.25/0.5/0.7: masks from the bundle's gate predictor when it has
+                             one, else a static FLOP-ranked mask (the costliest modules skipped
+                             first, planned exactly by edgegate.budget.plan_mask); the output says which
+Budget rows report free decoding (what a user gets: text, WER, tokens, latency) and forced
+decoding (the decoder fed the dense transcript's tokens, so every row does the same number of
+steps): achieved saving = 1 - forced latency / dense forced latency, next to the FLOP-proportional
+ideal = skipped FLOPs / all FLOPs (gateable + always-on) at the clip's token count.
+Hooks for later rows (ExecuTorch, faster-whisper): see EXTRA_ROWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = "/usr/share/pocketsphinx/test/data/librivox/*.wav"
+BUDGETS = (0.25, 0.5, 0.7)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def normalize(text: str) -> list[str]:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    return text.split()
+
+
+def word_errors(ref: str, hyp: str) -> tuple[int, int]:
+    r, h = normalize(ref), normalize(hyp)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)], len(r)
+
+
+def references() -> dict[str, str]:
+    refs = {}
+    tfile = Path(CLIPS).parent / "transcription"
+    if tfile.exists():
+        for line in tfile.read_text().splitlines():
+            text, _, utt = line.rpartition("(")
+            refs[utt.strip(") ")] = text.replace("<s>", "").replace("</s>", "").strip()
+    return refs
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+# -- the monolithic dense ONNX baseline ----------------------------------------------------------
+class MonoDecoderState:
+    def __init__(self, mono: MonoSession, cross: list[np.ndarray]):
+        self.m, self.cross = mono, cross
+        self.caches: list[np.ndarray] | None = None
+        self.offset = 0
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        b, t = tokens.shape
+        if self.caches is None:
+            empty = np.zeros((b, self.m.heads, 0, self.m.head_dim), np.float32)
+            self.caches = [empty] * (2 * self.m.n_layers)
+        feed = {"tokens": np.ascontiguousarray(tokens, np.int64),
+                "positions": np.arange(self.offset, self.offset + t, dtype=np.int64)}
+        feed.update(zip(self.m.cache_names, self.caches, strict=True))
+        feed.update(zip(self.m.cross_names, self.cross, strict=True))
+        out = self.m.step.run(feed)
+        self.caches = list(out[1:])
+        self.offset += t
+        return out[0]
+
+    def reorder(self, index: np.ndarray) -> None:
+        if self.caches is not None:
+            self.caches = [np.ascontiguousarray(c[index]) for c in self.caches]
+
+
+class MonoSession:
+    def __init__(self, paths: dict[str, Path], dims: dict, tokenizer, threads: int):
+        from edgegate.runtimes.backends.ort import OrtBackend
+
+        be = OrtBackend(threads=threads, device="cpu")
+        self.encoder = be.load(paths["encoder"])
+        self.cross_kv = be.load(paths["cross_kv"])
+        self.step = be.load(paths["decoder_step"])
+        self.n_layers = dims["n_text_layer"]
+        self.heads = dims["n_text_head"]
+        self.head_dim = dims["n_text_state"] // self.heads
+        self.cache_names = [n for n in self.step.input_names if "_cache" in n]
+        self.cross_names = [n for n in self.step.input_names if n.startswith("cross_")]
+        self.dims, self.tokenizer = dims, tokenizer
+
+    def transcribe(self, audio: str, language: str = "en", audio_ctx: int | None = None) -> dict:
+        from edgegate.decoding import decode
+        from edgegate.pipeline import encoder_frames, mel_windows, to_samples
+
+        t0 = time.perf_counter()
+        windows = list(mel_windows(to_samples(audio, 16000), self.dims["n_mels"]))
+        tokens: list[int] = []
+        t_enc = t_dec = 0.0
+        for w in windows:
+            t1 = time.perf_counter()
+            mel = w.mel[None, :, : encoder_frames(w.n_frames, audio_ctx)]
+            xa = self.encoder.run({"mel": np.ascontiguousarray(mel)})[0]
+            cross = self.cross_kv.run({"xa": xa})
+            t2 = time.perf_counter()
+            r = decode(lambda c=cross: MonoDecoderState(self, c), self.tokenizer, self.dims["n_vocab"], language,
+                       "transcribe", 1, max_tokens=self.dims["n_text_ctx"] // 2)
+            t_enc += t2 - t1
+            t_dec += time.perf_counter() - t2
+            tokens += r.tokens
+        total = time.perf_counter() - t0
+        return {"tokens": tokens, "text": self.tokenizer.decode(tokens).strip(), "total": total,
+                "encoder": t_enc, "decoder": t_dec}
+
+
+# -- forced decoding on the edgegate session -----------------------------------------------------
+def forced_run(session, audio: str, mask: np.ndarray, tokens: list[int], language: str = "en",
+               audio_ctx: int | None = None) -> dict:
+    """Encoder + cross K/V + a decoder fed ``tokens`` (the dense transcript): equal step counts."""
+    from edgegate.pipeline import encoder_frames, mel_windows, to_samples
+
+    t0 = time.perf_counter()
+    windows = list(mel_windows(to_samples(audio, 16000), session.dims["n_mels"]))
+    w = windows[0]
+    t1 = time.perf_counter()
+    _, cross = session.encode(w.mel[None, :, : encoder_frames(w.n_frames, audio_ctx)], mask)
+    t2 = time.perf_counter()
+    state = session.decoder_state(cross, mask)
+    state.step(np.array([session.tokenizer.sot_sequence(language)], np.int64))
+    for tok in tokens:
+        state.step(np.array([[tok]], np.int64))
+    t3 = time.perf_counter()
+    return {"total": t3 - t0, "frontend": t1 - t0, "encoder": t2 - t1, "decoder": t3 - t2}
+
+
+def static_mask(session, budget: float, scope: str = "both") -> tuple[np.ndarray, float]:
+    from edgegate.budget import plan_mask
+
+    costs = session.costs(1500)
+    t0 = time.perf_counter()
+    mask = plan_mask(session.gate_names, costs, -costs, budget, scope)
+    return mask, time.perf_counter() - t0
+
+
+def duration_s(path: str) -> float:
+    import soundfile as sf
+
+    return sf.info(path).duration
+
+
+def flops_total(session, n_tokens: int, n_frames: int = 1500) -> tuple[np.ndarray, float]:
+    from edgegate.models.costs import always_on_costs, module_costs
+    from edgegate.runtimes.session import _Dims
+
+    dims = _Dims(session.dims)
+    gate = module_costs(dims, n_frames, n_tokens)
+    always = sum(c.flops for c in always_on_costs(dims, n_frames, n_tokens).values())
+    g = np.array([gate[n].flops for n in session.gate_names])
+    return g, float(g.sum() + always)
+
+
+# -- rows to come --------------------------------------------------------------------------------
+def executorch_row(args) -> Callable[[str], dict] | None:
+    """Hook: return a per-clip runner once the ExecuTorch backend exists (None = not available)."""
+    return None
+
+
+def faster_whisper_row(args) -> Callable[[str], dict] | None:
+    """Hook: faster-whisper (CTranslate2) on the same weights; None until the eval extra is wired in."""
+    return None
+
+
+EXTRA_ROWS: dict[str, Callable] = {"executorch-xnnpack": executorch_row, "faster-whisper": faster_whisper_row}
+
+
+# -- thread-pool modes ---------------------------------------------------------------------------
+THREADING_SCRIPT = r'''
+import json, statistics, sys, time
+from edgegate.runtimes.session import Session
+bundle, threads, clips = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+t0 = time.perf_counter()
+s = Session.load(bundle, threads=threads)
+load = time.perf_counter() - t0
+s.transcribe(clips[0], language="en")
+ts, dec = [], []
+for c in clips:
+    r = s.transcribe(c, language="en")
+    ts.append(r.timings["total"]); dec.append(r.timings["decoder"])
+print(json.dumps({"load_s": load, "median_s": statistics.median(ts), "decoder_median_s": statistics.median(dec),
+                  "sessions": len(s.modules) + len(s.adapters)}))
+'''
+
+
+def bench_threading(bundle: Path, threads: int, clips: list[str]) -> dict:
+    out = {}
+    for mode in ("session", "global", "spin"):
+        use = clips if mode != "spin" else clips[:1]  # spinning pools are ~10x slower: one clip is enough
+        env = {**os.environ, "EDGEGATE_ORT_THREADING": mode}
+        proc = subprocess.run([sys.executable, "-c", THREADING_SCRIPT, str(bundle), str(threads), *use],
+                              capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0:
+            out[mode] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        else:
+            out[mode] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "clips": len(use)}
+        print(f"  threading={mode:8s} {out[mode]}", flush=True)
+    return out
+
+
+# -- main ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="whisper-base")
+    ap.add_argument("--bundle", default=None, help="existing bundle (default: export to bundles/bench-<model>-cpu)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clips", default=CLIPS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_runtime.json"))
+    ap.add_argument("--gates", default="auto",
+                    help="gate set or predictor to export with (auto: the shipped gate set for the model if any; "
+                         "none: no predictor, budget rows use static FLOP-ranked masks)")
+    ap.add_argument("--audio-ctx", default="bundle",
+                    help="encoder context for every row: bundle (the gate set's), none (full 30 s) or an int")
+    ap.add_argument("--threading", action="store_true", help="also compare ONNX Runtime thread-pool modes")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch row")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from edgegate.export.onnx_export import export_bundle, export_monolithic
+    from edgegate.pipeline import encoder_frames
+    from edgegate.runtimes.bundle import Bundle
+    from edgegate.runtimes.session import Session
+    from edgegate.transcriber import WhisperModel
+
+    torch.set_num_threads(args.threads)
+    clips = sorted(glob.glob(args.clips))
+    if not clips:
+        print(f"no clips match {args.clips} (apt-get install pocketsphinx-testdata)", file=sys.stderr)
+        return 1
+    refs = references()
+    ref_model = WhisperModel(args.model, threads=args.threads)
+
+    gates = args.gates
+    if gates == "auto":
+        from edgegate.gated import shipped_gate_sets
+
+        gates = Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
+    elif gates == "none":
+        gates = None
+    suffix = "-gated" if gates else ""
+    bundle_dir = Path(args.bundle) if args.bundle else ROOT / "bundles" / f"bench-{Path(args.model).name}-cpu{suffix}"
+    if not args.bundle:
+        try:
+            Bundle.open(bundle_dir)
+        except Exception:
+            # a gate set adapts the model in place: export from a fresh copy, keep ref_model dense
+            src = WhisperModel(args.model).model if gates else ref_model.model
+            export_bundle(bundle_dir, "cpu", src, gates=gates, force=True, progress=False)
+    mono_dir = ROOT / "bundles" / f"bench-{Path(args.model).name}-mono"
+    mono_paths = {k: mono_dir / f"mono_{k}.onnx" for k in ("encoder", "cross_kv", "decoder_step")}
+    if not all(p.exists() for p in mono_paths.values()):
+        mono_paths = export_monolithic(ref_model.model, mono_dir)
+
+    session = Session.load(bundle_dir, threads=args.threads)
+    mono = MonoSession(mono_paths, session.dims, session.tokenizer, args.threads)
+    names = session.gate_names
+    n = len(names)
+    ctx = {"bundle": session.audio_ctx, "none": None}.get(args.audio_ctx)
+    if args.audio_ctx not in ("bundle", "none"):
+        ctx = int(args.audio_ctx)
+    print(f"# encoder context: {'full 30 s' if ctx is None else f'audio + {ctx} positions'} (all rows)", flush=True)
+    mask_source = "predictor" if session.has_predictor else "static FLOP-ranked mask (no predictor in the bundle)"
+    print(f"# {session.describe()}", flush=True)
+    print(f"# budget masks: {mask_source}", flush=True)
+
+    static = {b: static_mask(session, b) for b in BUDGETS}
+    dense_mask = np.ones(n, bool)
+    rows: dict[str, list[dict]] = {}
+
+    def add(row: str, clip: str, rec: dict) -> None:
+        rec["clip"] = Path(clip).stem
+        if "text" in rec:  # forced-decoding rows have no text of their own
+            rec["word_errors"], rec["ref_words"] = word_errors(refs.get(rec["clip"], ""), rec["text"])
+        rows.setdefault(row, []).append(rec)
+
+    # warm-up (not timed): first runs allocate arenas and page weights in
+    ref_model.transcribe(clips[0], language="en", audio_ctx=ctx)
+    session.transcribe(clips[0], language="en", audio_ctx=ctx)
+    mono.transcribe(clips[0], audio_ctx=ctx)
+    extra = {name: fn(args) for name, fn in EXTRA_ROWS.items()}
+
+    for clip in clips:
+        if not args.no_torch:
+            r = ref_model.transcribe(clip, language="en", audio_ctx=ctx)
+            add("torch-eager-dense", clip, {"text": r.text, "tokens": len(r.tokens), "total": r.timings["total"],
+                                            "encoder": r.timings["encoder"], "decoder": r.timings["decoder"]})
+        m = mono.transcribe(clip, audio_ctx=ctx)
+        add("onnx-monolithic-dense", clip, {**m, "tokens": len(m["tokens"])})
+        r = session.transcribe(clip, language="en", mask=dense_mask, audio_ctx=ctx)
+        dense_tokens = r.tokens
+        add("edgegate-dense", clip, {"text": r.text, "tokens": len(r.tokens), **r.timings})
+        f = forced_run(session, clip, dense_mask, dense_tokens, audio_ctx=ctx)
+        add("edgegate-dense/forced", clip, {"tokens": len(dense_tokens), **f})
+        frames = 1500 if ctx is None else encoder_frames(min(3000, int(round(duration_s(clip) * 100))), ctx) // 2
+        g_flops, total_flops = flops_total(session, 4 + len(dense_tokens), frames)
+        for b in BUDGETS:
+            if session.has_predictor:
+                r = session.transcribe(clip, language="en", budget=b, audio_ctx=ctx)
+                mask = np.array(r.mask)
+                plan_s = r.timings["predictor"]
+            else:
+                mask, plan_s = static[b]
+                r = session.transcribe(clip, language="en", mask=mask, audio_ctx=ctx)
+                r.timings["predictor"] = plan_s
+            skipped = float(g_flops[~mask].sum())
+            add(f"edgegate-budget-{b}", clip, {"text": r.text, "tokens": len(r.tokens), **r.timings,
+                                               "skipped_gate_flops": skipped / g_flops.sum(),
+                                               "ideal_saving": skipped / total_flops})
+            f = forced_run(session, clip, mask, dense_tokens, audio_ctx=ctx)
+            add(f"edgegate-budget-{b}/forced", clip, {"tokens": len(dense_tokens), **f,
+                                                      "predictor": plan_s, "ideal_saving": skipped / total_flops})
+        for name, runner in extra.items():
+            if runner is not None:
+                add(name, clip, runner(clip))
+        print(f"  {Path(clip).stem}: done", flush=True)
+
+    summary = []
+    dense_forced = median([x["total"] for x in rows["edgegate-dense/forced"]])
+    mono_med = median([x["total"] for x in rows["onnx-monolithic-dense"]])
+    for row, recs in rows.items():
+        med = median([x["total"] for x in recs])
+        words = sum(x.get("ref_words", 0) for x in recs)
+        wer = sum(x.get("word_errors", 0) for x in recs) / words if words else None
+        s = {"row": row, "median_s": med, "encoder_median_s": median([x.get("encoder", 0.0) for x in recs]),
+             "decoder_median_s": median([x.get("decoder", 0.0) for x in recs]),
+             "wer": wer, "tokens_median": median([x["tokens"] for x in recs])}
+        if "predictor" in recs[0]:
+            s["predictor_share"] = median([x["predictor"] / x["total"] for x in recs])
+        if "ideal_saving" in recs[0]:
+            s["ideal_saving"] = median([x["ideal_saving"] for x in recs])
+        if row.endswith("/forced"):
+            s["achieved_saving"] = 1 - med / dense_forced
+        if row == "edgegate-dense":
+            s["overhead_vs_monolithic"] = med / mono_med - 1
+        summary.append(s)
+
+    hdr = f"{'row':30s} {'median s':>9s} {'enc s':>7s} {'dec s':>7s} {'WER':>6s} {'tokens':>6s} " \
+          f"{'pred+plan':>9s} {'ideal':>6s} {'achieved':>8s}"
+    print()
+    print(hdr)
+    print("-" * len(hdr))
+    for s in summary:
+        pp = f"{100 * s['predictor_share']:.3f}%" if "predictor_share" in s else "-"
+        ideal = f"{100 * s['ideal_saving']:.1f}%" if "ideal_saving" in s else "-"
+        ach = f"{100 * s['achieved_saving']:.1f}%" if "achieved_saving" in s else "-"
+        wer = "-" if s["wer"] is None else f"{100 * s['wer']:.1f}%"
+        print(f"{s['row']:30s} {s['median_s']:9.3f} {s['encoder_median_s']:7.3f} {s['decoder_median_s']:7.3f} "
+              f"{wer:>6s} {s['tokens_median']:6.0f} {pp:>9s} {ideal:>6s} {ach:>8s}")
+    for name, runner in extra.items():
+        if runner is None:
+            print(f"{name:30s} n/a (not implemented yet)")
+    ov = next(s for s in summary if s["row"] == "edgegate-dense")["overhead_vs_monolithic"]
+    print(f"\nall gates on vs monolithic dense ONNX: {100 * ov:+.1f}%   (budget masks: {mask_source})")
+
+    result = {
+        "benchmark": "bench_runtime", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+        "threads": args.threads, "model": args.model, "gates": gates, "audio_ctx": ctx, "bundle": str(bundle_dir),
+        "backend": session.backend.describe(),
+        "budget_masks": mask_source,
+        "static_masks": {str(b): [nm for nm, k in zip(names, static[b][0], strict=True) if not k] for b in BUDGETS},
+        "clips": [Path(c).stem for c in clips], "summary": summary, "per_clip": rows,
+        "not_run": [name for name, r in extra.items() if r is None],
+    }
+    if args.threading:
+        print("\nONNX Runtime thread pools (edgegate-dense, median over clips):", flush=True)
+        result["threading"] = bench_threading(bundle_dir, args.threads, clips)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers when installed.
+
+Thread pools. A bundle is ~40 small sessions. ONNX Runtime's default gives every session its
+own intra-op pool whose threads spin after each run, and 40 spinning pools on 2 cores fight each
+other (10-20x slower, see shared/notes/stack.md). ``threading`` picks the fix:
+
+- ``"session"`` (default): per-session pools of ``threads`` threads with spinning disabled
+  (``session.intra_op.allow_spinning = 0``). Measured fastest here (whisper-base, 2 threads,
+  ``benchmarks/bench_runtime.py --threading``), and it leaves the process's ONNX Runtime
+  untouched for other users.
+- ``"global"``: one process-wide pool (``onnxruntime.set_global_thread_pool_sizes``, allowed
+  once per process and guarded here) shared by every session (``use_per_session_threads =
+  False``). Caveat: once global pools exist, ONNX Runtime refuses every later session created
+  with default options in the same process ("use_per_session_threads must be false"), so this
+  mode breaks other ONNX Runtime users (a VAD, another model) in the application.
+- ``"spin"``: ONNX Runtime's defaults (per-session pools that spin); for measurements only.
+
+The environment variable ``EDGEGATE_ORT_THREADING`` overrides the default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegate.errors import BackendError
+from edgegate.runtimes.backends.base import Backend, Module
+
+THREADING_MODES = ("session", "global", "spin")
+_pool_lock = threading.Lock()
+_global_pool: dict[str, Any] = {"set": False, "threads": None}
+
+# Statistics other code may read (tests assert that a refused bundle created no session).
+stats = {"sessions_created": 0}
+
+
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _ensure_global_pool(ort: Any, threads: int) -> bool:
+    """Create the process-wide pool once; False if that is impossible (then use per-session pools)."""
+    with _pool_lock:
+        if _global_pool["set"]:
+            if _global_pool["threads"] not in (None, threads):
+                warnings.warn(f"ONNX Runtime's global thread pool already has {_global_pool['threads']} threads; "
+                              f"{threads} requested, sharing the existing pool", RuntimeWarning, stacklevel=3)
+            return True
+        try:
+            ort.set_global_thread_pool_sizes(threads, 1)
+            _global_pool.update(set=True, threads=threads)
+        except Exception as exc:  # someone else in this process created them first
+            if "already been created" in str(exc):
+                _global_pool.update(set=True, threads=None)
+            else:
+                return False
+        return True
+
+
+class OrtModule(Module):
+    def __init__(self, session: Any, name: str):
+        self._session = session
+        self.name = name
+        self.input_names = tuple(i.name for i in session.get_inputs())
+        self.output_names = tuple(o.name for o in session.get_outputs())
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(self.output_names, dict(feed))
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+    pip_package = "onnxruntime"
+    file_format = "onnx"
+
+    def __init__(self, threads: int | None = None, precision: str = "fp32", device: str = "auto",
+                 options: Mapping[str, Any] | None = None):
+        super().__init__(threads, precision, device, options)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime "
+                               "(onnxruntime-gpu for CUDA / TensorRT)") from None
+        self._ort = ort
+        self.threads = int(threads) if threads else _default_threads()
+        self.threading = self.options.get("threading") or os.environ.get("EDGEGATE_ORT_THREADING", "session")
+        if self.threading not in THREADING_MODES:
+            raise BackendError(f"unknown ONNX Runtime threading mode {self.threading!r}: use one of "
+                               f"{', '.join(THREADING_MODES)}")
+        if self.threading == "global" and not _ensure_global_pool(ort, self.threads):
+            self.threading = "session"
+        self.providers = self._providers(ort.get_available_providers())
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return importlib.util.find_spec("onnxruntime") is not None
+
+    def _providers(self, available: list[str]) -> list[Any]:
+        if self.device == "cpu":
+            return ["CPUExecutionProvider"]
+        chosen: list[Any] = []
+        if "TensorrtExecutionProvider" in available and self.options.get("tensorrt_ep", True):
+            trt_opts = {"trt_fp16_enable": self.precision == "fp16", "trt_engine_cache_enable": True}
+            if self.options.get("engine_cache"):
+                trt_opts["trt_engine_cache_path"] = str(self.options["engine_cache"])
+            chosen.append(("TensorrtExecutionProvider", trt_opts))
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+        if self.device == "gpu" and not chosen:
+            raise BackendError("this profile wants a GPU but ONNX Runtime has no CUDA/TensorRT provider here: "
+                               "pip install onnxruntime-gpu, or load with device='cpu'")
+        return [*chosen, "CPUExecutionProvider"]
+
+    def _options(self) -> Any:
+        so = self._ort.SessionOptions()
+        so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if self.threading == "global":
+            so.use_per_session_threads = False
+            return so
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        if self.threading == "session":
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return so
+
+    def load(self, path: Path, name: str = "", method: str | None = None) -> Module:
+        if method is not None:
+            raise BackendError(f"{path}: ONNX files hold one graph each; a method ({method!r}) belongs to a "
+                               ".pte bundle, use the executorch backend")
+        try:
+            session = self._ort.InferenceSession(str(path), self._options(), providers=self.providers)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"ONNX Runtime cannot load {path} ({first}); re-export the bundle") from None
+        stats["sessions_created"] += 1
+        return OrtModule(session, name or Path(path).stem)
+
+    def describe(self) -> str:
+        provs = [p[0] if isinstance(p, tuple) else p for p in self.providers]
+        return (f"onnxruntime {self._ort.__version__} ({', '.join(provs)}; {self.threads} threads, "
+                f"{self.threading} pool)")

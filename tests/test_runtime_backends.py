@@ -1,0 +1,109 @@
+"""The backend registry and the ONNX Runtime backend's thread-pool handling."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from edgegate.errors import BackendError
+from edgegate.runtimes.backends import registry
+from edgegate.runtimes.backends.base import Backend, Module
+
+
+def test_names_and_aliases():
+    assert registry.canonical("ORT") == "onnxruntime"
+    assert registry.canonical("trt") == "tensorrt"
+    with pytest.raises(BackendError, match="unknown backend 'coreml'"):
+        registry.canonical("coreml")
+
+
+def test_auto_follows_the_profile_order_and_format():
+    assert registry.choose_backend("auto", ["executorch", "onnxruntime"], "onnx") == "onnxruntime"
+    assert registry.choose_backend("auto", ["tensorrt", "onnxruntime"], "onnx") == "onnxruntime"
+    with pytest.raises(BackendError, match="reads pte bundles"):
+        registry.choose_backend("executorch", ["onnxruntime"], "onnx")
+    with pytest.raises(BackendError, match="pip install executorch"):
+        registry.choose_backend("auto", ["executorch"], "pte")
+
+
+def test_unimplemented_and_missing_backends_name_the_fix(monkeypatch):
+    with pytest.raises(BackendError, match="not implemented"):
+        registry.create_backend("tensorrt")
+    cls = registry.backend_class("onnxruntime")
+    monkeypatch.setattr(cls, "is_available", classmethod(lambda c: False))
+    with pytest.raises(BackendError, match="pip install onnxruntime") as info:
+        registry.create_backend("onnxruntime")
+    assert "\n" not in str(info.value)
+
+
+def test_interface_is_small_enough_to_implement():
+    class Echo(Module):
+        def __init__(self):
+            self.name, self.input_names, self.output_names = "echo", ("x",), ("x_out",)
+
+        def run(self, feed):
+            return [feed["x"]]
+
+    class NumpyBackend(Backend):
+        name, pip_package, file_format = "numpy", "numpy", "onnx"
+
+        @classmethod
+        def is_available(cls):
+            return True
+
+        def load(self, path, name="", method=None):
+            return Echo()
+
+    m = NumpyBackend(threads=1).load("whatever.onnx")
+    x = np.ones((1, 2, 3), np.float32)
+    assert m(x=x)[0] is x
+
+
+THREADS = textwrap.dedent('''
+    import sys, warnings
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    from edgegate.runtimes.backends.ort import OrtBackend
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
+    path = sys.argv[1] + "/relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.array([-1.0, 2.0], np.float32)
+    for mode in ("session", "spin"):
+        out = OrtBackend(threads=2, device="cpu", options={"threading": mode}).load(path).run({"x": x})[0]
+        assert out.tolist() == [0.0, 2.0]
+    a = OrtBackend(threads=2, device="cpu", options={"threading": "global"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = OrtBackend(threads=1, device="cpu", options={"threading": "global"})  # second call: guarded
+    assert any("already has 2 threads" in str(w.message) for w in caught)
+    for be in (a, b):
+        assert be.load(path).run({"x": x})[0].tolist() == [0.0, 2.0]
+        assert "global pool" in be.describe()
+    empty = np.zeros(0, np.float32)
+    assert a.load(path).run({"x": empty})[0].shape == (0,)
+    print("ok")
+''')
+
+
+def test_ort_thread_modes_and_global_pool_guard(tmp_path):
+    pytest.importorskip("onnx")
+    proc = subprocess.run([sys.executable, "-c", THREADS, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_ort_rejects_methods_and_bad_modes(tmp_path):
+    from edgegate.runtimes.backends.ort import OrtBackend
+
+    with pytest.raises(BackendError, match="threading mode"):
+        OrtBackend(options={"threading": "turbo"})
+    with pytest.raises(BackendError, match="executorch"):
+        OrtBackend(device="cpu").load(tmp_path / "x.onnx", method="forward")
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BackendError, match="cannot load") as info:
+        OrtBackend(device="cpu").load(tmp_path / "bad.onnx")
+    assert "\n" not in str(info.value)
