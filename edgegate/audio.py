@@ -117,7 +117,7 @@ def prepare_audio(samples: np.ndarray, sample_rate: int, *, max_seconds: float |
         if duration > max_seconds:
             raise AudioError(
                 f"audio is {duration:.2f} s long, over the max_seconds={max_seconds:g} limit; "
-                "split it into shorter clips or raise max_seconds"
+                "split it into shorter clips or raise the limit (max_seconds, or --max-duration on the CLI)"
             )
 
     if rate != SAMPLE_RATE:
@@ -148,7 +148,7 @@ def load_audio(path: str | os.PathLike[str], *, max_seconds: float | None = None
                 raise AudioError(
                     f"{p}: audio is {f.frames / rate:.2f} s long, "
                     f"over the max_seconds={max_seconds:g} limit; "
-                    "split it into shorter clips or raise max_seconds"
+                    "split it into shorter clips or raise the limit (max_seconds, or --max-duration on the CLI)"
                 )
             data = f.read(dtype="float32", always_2d=True)
     except AudioError:

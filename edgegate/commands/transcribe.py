@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
+import numpy as np
+
 from edgegate.errors import EdgegateError
 from edgegate.pipeline import Transcription
 
@@ -49,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gate set for --budget without --bundle: a train-gates output dir or a shipped name")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); 5 = Whisper's beam search")
     p.add_argument("--format", choices=("text", "json", "srt"), default="text", help="output format")
+    p.add_argument("--max-duration", type=float, default=3600.0, metavar="S",
+                   help="refuse files longer than S seconds before decoding them (default: 3600; 0 = no limit)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.set_defaults(func=run)
 
@@ -69,14 +73,14 @@ def format_result(path: str, result: Transcription, fmt: str) -> str:
     return result.text
 
 
-def load_transcriber(args: argparse.Namespace) -> Callable[[str], Transcription]:
+def load_transcriber(args: argparse.Namespace) -> Callable[[np.ndarray], Transcription]:
     """The one transcription function this invocation uses: runtime bundle, gated or dense PyTorch."""
     opts = {"language": args.language, "task": args.task, "beam_size": args.beam_size}
     if args.bundle:
         from edgegate.runtimes import Session
 
         session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
-        return lambda path: session.transcribe(path, **opts)
+        return lambda samples: session.transcribe(samples, 16000, **opts)
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
 
@@ -88,22 +92,28 @@ def load_transcriber(args: argparse.Namespace) -> Callable[[str], Transcription]
 
         budget = validate_budget(args.budget)
         gated = load_gated(args.gates, model=args.model, threads=args.threads)
-        return lambda path: gated.transcribe(path, budget=budget, **opts)
+        return lambda samples: gated.transcribe(samples, 16000, budget=budget, **opts)
     from edgegate.transcriber import WhisperModel
 
     model = WhisperModel(args.model, threads=args.threads)
-    return lambda path: model.transcribe(path, **opts)
+    return lambda samples: model.transcribe(samples, 16000, **opts)
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from edgegate.audio import load_audio
+
     transcribe = load_transcriber(args)
     failed = 0
-    for path in args.files:
+    max_seconds = args.max_duration or None
+    progress = tqdm(args.files, unit="file", disable=len(args.files) < 2 or not sys.stderr.isatty(), leave=False)
+    for path in progress:
         try:
-            result = transcribe(path)
+            result = transcribe(load_audio(path, max_seconds=max_seconds))
         except EdgegateError as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            progress.write(f"error: {exc}", file=sys.stderr)
             continue
-        print(format_result(path, result, args.format), flush=True)
+        progress.write(format_result(path, result, args.format), file=sys.stdout)
     return 1 if failed else 0
