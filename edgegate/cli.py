@@ -20,7 +20,10 @@ COMMAND_MODULES = [
     "export",
     "inspect",
     "profiles",
+    "report",
     "corpus",
+    "train_gates",
+    "eval",
 ]
 
 
