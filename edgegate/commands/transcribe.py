@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help="runtime backend for --bundle: auto, onnxruntime, executorch")
     p.add_argument("--budget", type=float, default=None,
                    help="fraction of gateable cost to skip, in [0, 1) (default: dense, or the bundle's profile)")
-    p.add_argument("--gates", default="whisper-base",
-                   help="gate set for --budget without --bundle: a train-gates output dir or a shipped name")
+    p.add_argument("--gates", default="whisper-base-decoder",
+                   help="gate set for --budget without --bundle: a train-gates output dir or a shipped name "
+                        "(default: whisper-base-decoder, the shipped set that holds quality up to ~0.25)")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); 5 = Whisper's beam search")
     p.add_argument("--format", choices=("text", "json", "srt"), default="text", help="output format")
     p.add_argument("--max-duration", type=float, default=3600.0, metavar="S",
@@ -92,7 +93,8 @@ def load_transcriber(args: argparse.Namespace) -> Callable[[np.ndarray], Transcr
 
         budget = validate_budget(args.budget)
         gated = load_gated(args.gates, model=args.model, threads=args.threads)
-        return lambda samples: gated.transcribe(samples, 16000, budget=budget, **opts)
+        # Full 30-s context: the trimmed context the gates were trained with makes base loop on short clips.
+        return lambda samples: gated.transcribe(samples, 16000, budget=budget, audio_ctx=None, **opts)
     from edgegate.transcriber import WhisperModel
 
     model = WhisperModel(args.model, threads=args.threads)

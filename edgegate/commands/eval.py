@@ -1,0 +1,145 @@
+"""``edgegate eval``: quality, skipped FLOPs and latency of a gated model over budgets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = """Evaluate a gated model on manifests at several budgets.
+
+Per (manifest, language, task) and budget: WER % (transcribe) or BLEU (translate; references
+in English), the same against the dense output (budget 0), the skipped share of the gateable
+and of all FLOPs (counted with the tokens really decoded), kept modules and latency. Writes
+OUT/eval.json, OUT/eval.md (the table, also printed), OUT/keep_heatmap.png (how often each
+module is kept per language and task) and OUT/quality.png (quality against budget).
+
+examples:
+  edgegate eval --manifest data/librivox.jsonl --manifest data/heldout.jsonl --out results/eval
+  edgegate eval --gates runs/gates --manifest data/heldout.jsonl --budgets 0,0.25 --out results/mine
+  edgegate eval --bundle bundles/cpu --manifest data/heldout.jsonl --out results/runtime
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a gated model across budgets (WER/BLEU, FLOPs, latency)",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", action="append", required=True, metavar="JSONL",
+                   help="manifest with references (repeat for several sets; the set is named after the file)")
+    p.add_argument("--gates", default="whisper-base",
+                   help="gate set: a train-gates output directory or a shipped name (default whisper-base)")
+    p.add_argument("--model", default=None, help="override the model recorded with the gates")
+    p.add_argument("--bundle", default=None, help="evaluate an exported bundle with the torch-free runtime instead")
+    p.add_argument("--budgets", default="0,0.1,0.25,0.5", help="comma-separated budgets in [0, 1)")
+    p.add_argument("--scope", choices=("encoder", "decoder", "both"), default=None,
+                   help="budget scope (default: the scope the gates were trained for)")
+    p.add_argument("--audio-ctx", default="trained", metavar="MARGIN",
+                   help="encoder context margin: 'trained' (as in gates.json, default), 'none' (full 30 s) or N")
+    p.add_argument("--beam-size", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="at most N utterances per manifest")
+    p.add_argument("--out", required=True, metavar="DIR", help="where eval.json and the plots go")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="print every hypothesis")
+    p.set_defaults(func=run)
+
+
+def parse_budgets(text: str) -> list[float]:
+    from edgegate.budget import validate_budget
+
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        from edgegate.errors import BudgetError
+
+        raise BudgetError(f"bad --budgets {text!r}: pass comma-separated fractions such as 0,0.25,0.5")
+    return [validate_budget(p) for p in parts]
+
+
+def _set_names(paths: list[str]) -> list[str]:
+    names = [Path(p).stem for p in paths]
+    return [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgegate.data.manifest import read_manifest
+    from edgegate.evaluation import evaluate, format_table, whisper_cost_fn, write_report
+
+    budgets = parse_budgets(args.budgets)
+    sets = {}
+    for name, path in zip(_set_names(args.manifest), args.manifest, strict=True):
+        entries = read_manifest(path)
+        sets[name] = entries[: args.limit] if args.limit else entries
+    if args.bundle:
+        transcribe_fn, names, cost_fn = _runtime(args)
+    else:
+        from edgegate.gated import load_gated
+
+        gw = load_gated(args.gates, model=args.model, threads=args.threads)
+        ctx = _audio_ctx(args.audio_ctx, gw.audio_ctx)
+
+        def transcribe_fn(audio, lang, task, budget):
+            return gw.transcribe(audio, language=lang, task=task, budget=budget, beam_size=args.beam_size,
+                                 scope=args.scope, audio_ctx=ctx)
+
+        names = gw.gate_names
+        cost_fn = whisper_cost_fn(gw.model.dims, ctx)
+    log = (lambda s: print(s, file=sys.stderr)) if args.verbose else None
+    report = evaluate(sets, transcribe_fn, budgets, names, cost_fn, progress=not args.no_progress, log=log)
+    report["gates"] = args.bundle or args.gates
+    report["audio_ctx"] = None if args.bundle else ctx
+    paths = write_report(report, args.out)
+    print(format_table(report))
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+def _audio_ctx(text: str, trained: int | None) -> int | None:
+    from edgegate.errors import EdgegateError
+
+    if text == "trained":
+        return trained
+    if text.lower() in ("none", "full"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise EdgegateError(f"bad --audio-ctx {text!r}: use 'trained', 'none' or a margin >= 0")
+    return value
+
+
+def _runtime(args: argparse.Namespace):
+    """The torch-free runtime's Session, when it is installed (see edgegate.runtimes)."""
+    from edgegate.errors import EdgegateError
+
+    try:
+        from edgegate.runtimes import Session  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise EdgegateError(f"--bundle needs the edgegate runtime (edgegate.runtimes.Session): {exc}") from None
+    sess = Session.load(args.bundle)
+
+    def transcribe_fn(audio, lang, task, budget):
+        return sess.transcribe(audio, 16000, lang, task, budget=budget)
+
+    names = list(getattr(sess, "gate_names", None) or getattr(sess, "module_names", []))
+    cost_fn = getattr(sess, "cost_fn", None)
+    return transcribe_fn, names, cost_fn
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (``python -m edgegate.commands.eval ...``) until the CLI lists the command."""
+    from edgegate.errors import EdgegateError
+
+    parser = argparse.ArgumentParser(prog="edgegate")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except EdgegateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
