@@ -184,9 +184,68 @@ def flops_total(session, n_tokens: int, n_frames: int = 1500) -> tuple[np.ndarra
 
 
 # -- rows to come --------------------------------------------------------------------------------
+def _executorch_session(args):
+    """The ExecuTorch (XNNPACK) session of the same model and gate set: an android bundle, one .pte."""
+    from edgegate.runtimes.backends.registry import is_available
+
+    if not is_available("executorch"):
+        return None
+    if "executorch" not in _ET:
+        from edgegate.export.executorch_export import export_executorch_bundle
+        from edgegate.runtimes.bundle import Bundle
+        from edgegate.runtimes.session import Session
+
+        gates = args.gates
+        if gates == "auto":
+            from edgegate.gated import shipped_gate_sets
+
+            gates = Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
+        elif gates == "none":
+            gates = None
+        out = ROOT / "bundles" / f"bench-{Path(args.model).name}-android{'-gated' if gates else ''}"
+        try:
+            Bundle.open(out)
+        except Exception:
+            t0 = time.perf_counter()
+            export_executorch_bundle(out, "android", args.model, gates=gates, force=True, progress=False)
+            print(f"# exported {out.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+        _ET["executorch"] = Session.load(out, backend="executorch", threads=args.threads)
+    return _ET["executorch"]
+
+
+_ET: dict = {}
+
+
+def _executorch_runner(args, budget: float | None) -> Callable[[str], dict] | None:
+    s = _executorch_session(args)
+    if s is None:
+        return None
+    ctx = {"bundle": s.audio_ctx, "none": None}.get(args.audio_ctx)
+    if args.audio_ctx not in ("bundle", "none"):
+        ctx = int(args.audio_ctx)
+    dense = np.ones(len(s.gate_names), bool)
+
+    def run(clip: str) -> dict:
+        if budget is None:
+            r = s.transcribe(clip, language="en", mask=dense, audio_ctx=ctx)
+        elif s.has_predictor:
+            r = s.transcribe(clip, language="en", budget=budget, audio_ctx=ctx)
+        else:
+            r = s.transcribe(clip, language="en", mask=static_mask(s, budget)[0], audio_ctx=ctx)
+        return {"text": r.text, "tokens": len(r.tokens), **r.timings}
+
+    run(sorted(glob.glob(args.clips))[0])  # warm-up, not timed
+    return run
+
+
 def executorch_row(args) -> Callable[[str], dict] | None:
-    """Hook: return a per-clip runner once the ExecuTorch backend exists (None = not available)."""
-    return None
+    """ExecuTorch (XNNPACK), all gates on (None when executorch is not installed)."""
+    return _executorch_runner(args, None)
+
+
+def executorch_budget_row(args) -> Callable[[str], dict] | None:
+    """ExecuTorch (XNNPACK) at budget 0.5 (predictor masks, else the static FLOP-ranked mask)."""
+    return _executorch_runner(args, 0.5)
 
 
 def faster_whisper_row(args) -> Callable[[str], dict] | None:
@@ -194,7 +253,9 @@ def faster_whisper_row(args) -> Callable[[str], dict] | None:
     return None
 
 
-EXTRA_ROWS: dict[str, Callable] = {"executorch-xnnpack": executorch_row, "faster-whisper": faster_whisper_row}
+EXTRA_ROWS: dict[str, Callable] = {"executorch-xnnpack": executorch_row,
+                                   "executorch-xnnpack-budget-0.5": executorch_budget_row,
+                                   "faster-whisper": faster_whisper_row}
 
 
 # -- thread-pool modes ---------------------------------------------------------------------------

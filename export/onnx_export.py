@@ -445,10 +445,12 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
     BundleWriter.check_target(out.expanduser().resolve(), force)  # fail before any slow work
 
     fmt = profile.format
-    if fmt == "pte":
-        log(f"note: target {profile.name} prefers ExecuTorch (.pte), whose exporter is not in this version; "
-            "writing ONNX modules for its onnxruntime fallback")
-        fmt = "onnx"
+    if fmt == "pte":  # ExecuTorch targets (android): one multi-method .pte, same module wrappers
+        from edgegate.export import executorch_export
+
+        return executorch_export.export_executorch_bundle(out=out, target=profile, model=model, gates=gates,
+                                                          budget=budget, scope=scope, force=force,
+                                                          progress=progress, tokenizer=tokenizer, log=log)
     opset = opset or profile.opset
     whisper, tok_path, model_name = load_model(model, tokenizer)
     if not Path(tok_path).is_file():

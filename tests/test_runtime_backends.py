@@ -19,18 +19,23 @@ def test_names_and_aliases():
         registry.canonical("coreml")
 
 
-def test_auto_follows_the_profile_order_and_format():
+def test_auto_follows_the_profile_order_and_format(monkeypatch):
     assert registry.choose_backend("auto", ["executorch", "onnxruntime"], "onnx") == "onnxruntime"
     assert registry.choose_backend("auto", ["tensorrt", "onnxruntime"], "onnx") == "onnxruntime"
     with pytest.raises(BackendError, match="reads pte bundles"):
         registry.choose_backend("executorch", ["onnxruntime"], "onnx")
+    monkeypatch.setattr(registry.backend_class("executorch"), "is_available", classmethod(lambda c: False))
     with pytest.raises(BackendError, match="pip install executorch"):
         registry.choose_backend("auto", ["executorch"], "pte")
 
 
 def test_unimplemented_and_missing_backends_name_the_fix(monkeypatch):
-    with pytest.raises(BackendError, match="not implemented"):
+    monkeypatch.setattr(registry.backend_class("tensorrt"), "is_available", classmethod(lambda c: False))
+    with pytest.raises(BackendError, match="pip install tensorrt"):
         registry.create_backend("tensorrt")
+    monkeypatch.setitem(registry.KNOWN, "future", (None, "future", "onnx"))
+    with pytest.raises(BackendError, match="not implemented"):
+        registry.create_backend("future")
     cls = registry.backend_class("onnxruntime")
     monkeypatch.setattr(cls, "is_available", classmethod(lambda c: False))
     with pytest.raises(BackendError, match="pip install onnxruntime") as info:

@@ -1,7 +1,6 @@
 """Backend names -> implementations, imported lazily so that a missing library costs nothing.
 
-``executorch`` and ``tensorrt`` are reserved here for the follow-up: replace the ``None`` in their
-``KNOWN`` entry by ``"edgegate.runtimes.backends.<module>:<Class>"`` once the module exists.
+A new backend is one file in ``runtimes/backends/`` plus one line in ``KNOWN``.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from edgegate.runtimes.backends.base import Backend
 # name -> (module:class, pip package, bundle format it reads)
 KNOWN: dict[str, tuple[str | None, str, str]] = {
     "onnxruntime": ("edgegate.runtimes.backends.ort:OrtBackend", "onnxruntime", "onnx"),
-    "executorch": (None, "executorch", "pte"),
-    "tensorrt": (None, "tensorrt", "onnx"),
+    "executorch": ("edgegate.runtimes.backends.executorch:ExecuTorchBackend", "executorch", "pte"),
+    "tensorrt": ("edgegate.runtimes.backends.tensorrt:TensorRTBackend", "tensorrt", "onnx"),
 }
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "xnnpack": "executorch", "trt": "tensorrt"}
 

@@ -1,0 +1,535 @@
+"""Export a gated Whisper as an ExecuTorch bundle: every module a method of ONE ``model.pte`` (XNNPACK).
+
+The subgraphs are the ONNX exporter's: the same ``nn.Module`` wrappers from
+:func:`edgegate.export.onnx_export.graph_jobs` (each computes a whole residual step, so a skipped
+module is a method that is not called), the same names, kinds, stages, gates, FLOPs and skip
+adapters. Each becomes one method of a single multi-method program::
+
+    torch.export.export(wrapper, example, dynamic_shapes=...)       # per module
+    to_edge_transform_and_lower({name: ep, ...}, partitioner=[XnnpackPartitioner()]).to_executorch()
+
+so the bundle holds ``model.pte`` (+ ``manifest.json`` and ``tokenizer.json``). Every module entry
+of the manifest has ``file = "model.pte"`` and ``method = <module name>``; adapters are methods
+``<gate>.adapter``, the gate predictor is the method ``predictor``. The bundle's SHA-256 table
+covers ``model.pte``, so a modified program is refused before anything runs.
+
+Shapes. ExecuTorch plans memory for the upper bound of every dynamic axis, so each axis gets a
+finite range (:func:`edgegate.runtimes.backends.executorch.axis_bounds`, recorded in the
+manifest under ``executorch.axes``): ``frames`` 2..n_audio_ctx, ``mel_frames`` 4..2*n_audio_ctx
+(declared as 2 * frames: torch.export cannot prove the stem's guards otherwise), ``tokens``
+1..``max_step_tokens`` (the prompt step has 3-4 tokens, later steps 1), ``past``
+0..n_text_ctx (0 = the empty cache of the first step: ExecuTorch and XNNPACK take a zero-length
+dynamic axis, measured, no dummy slot needed), ``batch`` 1..``max_batch`` (beam search) for the
+per-step decoder methods. The once-per-utterance methods (encoder, cross K/V, predictor) have a
+fixed batch of 1, and so do the cross-attention K/V inputs of the decoder (the runtime computes
+them once at batch 1 and the graph broadcasts them over the beams, as in ONNX). Memory is
+planned by a symbolic-shape pass that takes the bounds from each method's signature
+(:func:`_bounds_pass`): ExecuTorch's own pass silently planned the stem for its tracing example.
+
+Two wrappers are re-expressed for XNNPACK (:func:`executorch_form`: same weights, same math,
+checked by the parity tests): the logits as ``F.linear`` and the cross-attention with the beams
+folded into the query axis; the plain forms lower to per-step copies that cost 5-9x more.
+
+Weights. Methods share their weights where the ExecuTorch emitter can: identical constant
+tensors are stored once across methods (and XNNPACK's named data store de-duplicates its blobs
+by content). The token embedding is stored twice, as in the ONNX bundle: once for
+``decoder.embed`` (a gather on ExecuTorch's portable kernels) and once inside XNNPACK's
+fully-connected op of ``decoder.logits``.
+
+Needs ``pip install torch==2.13.0 executorch==1.4.1`` (pin torch in the same command on CPU
+machines, see shared/notes/stack.md). Lowering costs a few seconds per method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import logging
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgegate
+from edgegate.budget import Budget
+from edgegate.errors import BackendError, BudgetError, ModelError
+from edgegate.export.bundle_writer import BundleWriter
+from edgegate.export.onnx_export import (
+    COST_FRAMES,
+    COST_TOKENS,
+    CrossAttention,
+    GraphJob,
+    Logits,
+    PredictorScores,
+    _adapters,
+    _param_bytes,
+    _tensor_specs,
+    default_out,
+    graph_jobs,
+    load_gates,
+    load_model,
+)
+from edgegate.export.profiles import DeviceProfile, get_profile
+from edgegate.frontend import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE
+from edgegate.models.costs import always_on_costs, module_costs
+from edgegate.models.whisper import Whisper
+from edgegate.runtimes.backends.executorch import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_STEP_TOKENS,
+    PTE_FILE,
+    axis_bounds,
+    fixed_axis,
+)
+
+PREDICTOR_METHOD = "predictor"
+# Example sizes for tracing dynamic axes: distinct and >= 2, so torch.export neither specialises an
+# axis to 0/1 nor unifies two axes that merely happen to be equal in the example.
+_EXAMPLE = {"batch": 2, "tokens": 3, "past": 5, "frames": 10, "mel_frames": 20}
+# Axes declared as a multiple of another: torch.export proves the stem's guards only when it knows
+# that the mel frame count is even (the runtime always feeds 2 * frames, see pipeline.encoder_frames).
+_DERIVED = {"mel_frames": ("frames", 2)}
+
+
+# -- ExecuTorch forms of two ONNX wrappers -----------------------------------------------------
+class XnnpackLogits(nn.Module):
+    """:class:`onnx_export.Logits` (same LayerNorm, same weight) as ``F.linear``.
+
+    ``matmul(h, weight.t())`` lowers to an XNNPACK transpose of the whole 51865 x d embedding on
+    every call followed by a portable ``mm`` (measured, whisper-base, 2 threads: 88 ms per decoder
+    step); ``linear(h, weight)`` is one XNNPACK fully-connected op (18 ms). Cost: XNNPACK keeps its
+    own copy of the weight, so the token embedding is stored twice, as in the ONNX bundle.
+    """
+
+    def __init__(self, logits: Logits):
+        super().__init__()
+        self.ln, self.weight = logits.ln, logits.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln(x[:, -1]), self.weight)
+
+
+class XnnpackCrossAttention(nn.Module):
+    """:class:`onnx_export.CrossAttention` with the beams folded into the query axis.
+
+    The audio K/V come at batch 1 for every beam. The ONNX graph broadcasts them in MatMul;
+    torch.export spells that broadcast as ``expand_copy`` + reshapes that XNNPACK does not delegate
+    with a dynamic batch, copying K and V on every step (5 ms per layer and step at batch 1, 20 ms
+    at 5 beams, whisper-base). Here the queries of all beams are one (1, heads, batch*tokens, dh)
+    block, so nothing is broadcast or copied (2.1 / 2.6 ms); the arithmetic is the same.
+    """
+
+    def __init__(self, cross: CrossAttention):
+        super().__init__()
+        self.attn, self.ln = cross.attn, cross.ln
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        heads = self.attn.n_head
+        q = self.attn.query(self.ln(x)).reshape(b * t, heads, d // heads).transpose(0, 1).unsqueeze(0)
+        w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        o = torch.matmul(torch.softmax(w, dim=-1), v)  # (1, heads, b*t, dh)
+        return x + self.attn.out(o.squeeze(0).transpose(0, 1).reshape(b, t, d))
+
+
+_ET_FORMS: dict[type, Callable[[Any], nn.Module]] = {Logits: XnnpackLogits, CrossAttention: XnnpackCrossAttention}
+
+
+def executorch_form(module: nn.Module) -> nn.Module:
+    """The module ExecuTorch exports for an ONNX wrapper: itself, or its XNNPACK-friendly form."""
+    form = _ET_FORMS.get(type(module))
+    return form(module) if form is not None else module
+
+
+def _lib() -> tuple[Any, Any, Any]:
+    """(to_edge_transform_and_lower, XnnpackPartitioner, executorch version) or a one-line BackendError."""
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+    except ImportError as exc:
+        raise BackendError(f"the ExecuTorch exporter needs the executorch package ({exc}): "
+                           "pip install torch==2.13.0 executorch==1.4.1") from None
+    try:
+        from importlib.metadata import version
+
+        et_version = version("executorch")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        et_version = "unknown"
+    return to_edge_transform_and_lower, XnnpackPartitioner, et_version
+
+
+def method_shapes(specs: Sequence[tuple[str, str, list[int | str]]], stage: str
+                  ) -> list[tuple[str, str, list[int | str]]]:
+    """The ONNX signature with the axes the ExecuTorch method fixes: batch (and kv_batch) = 1 where
+    the method runs once per utterance; the decoder's cross K/V always come at batch 1."""
+    out = []
+    for name, dtype, shape in specs:
+        fixed: list[int | str] = []
+        for axis in shape:
+            size = fixed_axis(axis, stage)
+            fixed.append(axis if size is None else size)
+        out.append((name, dtype, fixed))
+    return out
+
+
+def _example(specs: Sequence[tuple[str, str, list[int | str]]]) -> tuple[torch.Tensor, ...]:
+    tensors = []
+    gen = torch.Generator().manual_seed(0)
+    for _, dtype, shape in specs:
+        size = [a if isinstance(a, int) else _EXAMPLE[a] for a in shape]
+        if dtype == "int64":
+            tensors.append(torch.zeros(size, dtype=torch.long))
+        else:
+            tensors.append(torch.randn(size, generator=gen))
+    return tuple(tensors)
+
+
+def _dynamic_shapes(specs: Sequence[tuple[str, str, list[int | str]]],
+                    bounds: dict[str, tuple[int, int, int]]) -> tuple[dict[int, Any], ...]:
+    from torch.export import Dim
+
+    dims: dict[str, Any] = {}
+    out = []
+    for _, _, shape in specs:
+        axes = {}
+        for i, a in enumerate(shape):
+            if isinstance(a, str):
+                if a not in bounds:
+                    raise ModelError(f"exporter bug: no ExecuTorch bound for dynamic axis {a!r}")
+                base, factor = _DERIVED.get(a, (a, 1))
+                lo, _, hi = bounds[base]
+                dims.setdefault(base, Dim(base, min=lo, max=hi))
+                axes[i] = dims[base] * factor if factor != 1 else dims[base]
+        out.append(axes)
+    return tuple(out)
+
+
+def export_program(module: nn.Module, specs: Sequence[tuple[str, str, list[int | str]]],
+                   bounds: dict[str, tuple[int, int, int]]) -> Any:
+    """``torch.export.export`` of one wrapper with the method's dynamic axes (quietly)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(module.eval(), _example(specs), dynamic_shapes=_dynamic_shapes(specs, bounds),
+                                   strict=False)
+
+
+class _Method:
+    """One method of the program: name, stage, wrapper and its (ExecuTorch) I/O signature."""
+
+    def __init__(self, name: str, stage: str, module: nn.Module, inputs: list, outputs: list):
+        self.name, self.stage, self.module = name, stage, executorch_form(module)
+        self.inputs = method_shapes(inputs, stage)
+        self.outputs = method_shapes(outputs, stage)
+
+
+def _methods(jobs: Sequence[GraphJob], predictor: nn.Module | None, n_mels: int, n_gates: int) -> list[_Method]:
+    out = []
+    for job in jobs:
+        out.append(_Method(job.name, job.stage, job.module, job.inputs, job.outputs))
+        if job.adapter is not None:
+            a = job.adapter
+            out.append(_Method(f"{job.gate}.adapter", job.stage, a.module, a.inputs, a.outputs))
+    if predictor is not None:
+        out.append(_Method(PREDICTOR_METHOD, "predictor", PredictorScores(predictor), *predictor_signature(n_mels,
+                                                                                                            n_gates)))
+    return out
+
+
+def predictor_signature(n_mels: int, n_gates: int) -> tuple[list, list]:
+    ins = [("stats", "float32", ["batch", 2 * n_mels]), ("lang", "int64", ["batch"]),
+           ("task", "int64", ["batch"]), ("budget", "float32", ["batch"])]
+    outs = [("keep", "float32", ["batch", n_gates])]
+    return ins, outs
+
+
+def _bounds_pass(inputs: Sequence[tuple[str, str, list[int | str]]], bounds: dict[str, tuple[int, int, int]]) -> Any:
+    """ExecuTorch's symbolic-shape pass, with the upper bounds taken from the method's signature.
+
+    ExecuTorch plans memory by evaluating every tensor's symbolic shape at its upper bound from the
+    shape environment; after XNNPACK lowering of a convolution (the stem) that environment has
+    lost the input's range and ExecuTorch silently falls back to the tracing hint (measured: a
+    stem planned for 256 mel frames instead of 3000, failing on a 30-s window). This pass binds
+    each input placeholder's symbols to the signature's bounds instead, so the plan is right.
+    """
+    import sympy
+    from executorch.exir.tensor import TensorSpec
+    from torch.fx.passes.infra.pass_base import PassBase, PassResult
+    from torch.utils import _pytree as pytree
+    from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
+
+    shapes = {name: shape for name, _, shape in inputs}
+
+    class SignatureBoundsPass(PassBase):
+        def call(self, graph_module: Any) -> Any:
+            ranges: dict[Any, Any] = {}
+            for node in graph_module.graph.nodes:
+                val = node.meta.get("val")
+                if node.op != "placeholder" or node.name not in shapes or not isinstance(val, torch.Tensor):
+                    continue
+                for size, axis in zip(val.shape, shapes[node.name], strict=True):
+                    if isinstance(axis, str) and isinstance(size, torch.SymInt):
+                        free = size.node.expr.free_symbols
+                        if len(free) == 1:
+                            lo, _, hi = bounds[_DERIVED.get(axis, (axis, 1))[0]]
+                            ranges[next(iter(free))] = ValueRanges(lo, hi)
+
+            def upper(size: Any) -> int:
+                if isinstance(size, int):
+                    return size
+                env = {**size.node.shape_env.var_to_range, **ranges}
+                bound = bound_sympy(size.node.expr, env).upper
+                if not isinstance(bound, sympy.Integer):
+                    raise ModelError(f"cannot bound the symbolic size {size.node.expr} for memory planning")
+                return int(bound)
+
+            for sub in graph_module.modules():
+                if not isinstance(sub, torch.fx.GraphModule):
+                    continue
+                for node in sub.graph.nodes:
+                    for spec in pytree.tree_flatten(node.meta.get("spec", []))[0]:
+                        if isinstance(spec, TensorSpec):
+                            spec.shape = [upper(d) for d in spec.shape]
+                            spec.stride = [upper(d) for d in spec.stride]
+            return PassResult(graph_module, True)
+
+    return SignatureBoundsPass()
+
+
+def lower(programs: dict[str, Any], signatures: dict[str, Sequence[tuple[str, str, list[int | str]]]],
+          bounds: dict[str, tuple[int, int, int]], on_method: Callable[[str], None] | None = None) -> Any:
+    """Lower exported programs (one per method) to one XNNPACK-delegated ExecuTorch program.
+
+    ``signatures`` maps each method to its inputs (name, dtype, shape with named axes) and
+    ``bounds`` the named axes to (min, opt, max): memory is planned for the max. ``on_method(name)``
+    is called as each method is partitioned (for a progress bar). Returns the
+    ``ExecutorchProgramManager`` (``.buffer`` is the .pte).
+    """
+    from executorch.exir import ExecutorchBackendConfig
+
+    to_edge_transform_and_lower, XnnpackPartitioner, _ = _lib()
+    partitioners = {}
+    for name in programs:
+        part = XnnpackPartitioner()
+        if on_method is not None:
+            inner = part.partition
+
+            def partition(ep: Any, _inner: Any = inner, _name: str = name) -> Any:
+                result = _inner(ep)
+                on_method(_name)
+                return result
+
+            part.partition = partition  # type: ignore[method-assign]
+        partitioners[name] = [part]
+    quiet = logging.getLogger("executorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            edge = to_edge_transform_and_lower(programs, partitioner=partitioners)
+            config = ExecutorchBackendConfig(
+                sym_shape_eval_pass={name: _bounds_pass(signatures[name], bounds) for name in programs})
+            return edge.to_executorch(config)
+    finally:
+        quiet.setLevel(level)
+
+
+def check_plan(prog: Any, signatures: dict[str, Sequence[tuple[str, str, list[int | str]]]],
+               bounds: dict[str, tuple[int, int, int]]) -> None:
+    """Every method's inputs must be planned for the signature's upper bounds (ModelError if not)."""
+    for name, inputs in signatures.items():
+        planned = {n.name: n.meta.get("spec") for n in prog.exported_program(name).graph.nodes
+                   if n.op == "placeholder"}
+        for inp, _, shape in inputs:
+            want = [a if isinstance(a, int) else bounds[a][2] for a in shape]
+            spec = planned.get(inp)
+            got = list(getattr(spec, "shape", []) or [])
+            if got != want:
+                raise ModelError(f"exporter bug: ExecuTorch planned {name}.{inp} as {got}, the signature needs "
+                                 f"{want} ({list(shape)})")
+
+
+def export_executorch_bundle(out: str | Path | None = None, target: str | Path | DeviceProfile = "android",
+                             model: str | Path | Whisper = "whisper-base",
+                             gates: str | Path | nn.Module | None = None, budget: float | None = None,
+                             scope: str | None = None, force: bool = False, progress: bool = True,
+                             tokenizer: str | Path | None = None, log: Callable[[str], None] | None = None,
+                             max_batch: int = DEFAULT_MAX_BATCH,
+                             max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS) -> Path:
+    """Write an ExecuTorch bundle (one multi-method ``model.pte``) for ``target``; returns its path.
+
+    Arguments as :func:`edgegate.export.onnx_export.export_bundle` (whose ``target`` profile says
+    ``format = "pte"``, e.g. ``android``). ``max_batch`` bounds the beam width and
+    ``max_step_tokens`` the tokens of one decoder call (ExecuTorch plans memory for these upper
+    bounds; the runtime refuses larger inputs with a one-line error). Atomic: the bundle appears
+    by one rename; an existing ``out`` is only replaced with ``force``.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    profile = get_profile(target)
+    if budget is not None and float(budget) > 0 and gates is None:
+        raise BudgetError(f"--budget {budget} needs a gate predictor to rank modules: export with --gates PATH "
+                          "(or drop --budget for a dense bundle)")
+    if not (1 <= int(max_batch) <= 64) or not (1 <= int(max_step_tokens)):
+        raise BackendError(f"max_batch must be in 1..64 and max_step_tokens >= 1, got {max_batch}, {max_step_tokens}")
+    model_name = "custom" if isinstance(model, Whisper) else str(model)
+    out = Path(out) if out is not None else default_out(model_name, profile)
+    BundleWriter.check_target(out.expanduser().resolve(), force)  # fail before any slow work
+    _, _, et_version = _lib()  # fail early (one line) when executorch is missing
+
+    whisper, tok_path, model_name = load_model(model, tokenizer)
+    if not Path(tok_path).is_file():
+        raise ModelError(f"tokenizer not found at {tok_path}; pass tokenizer= (a Whisper tokenizer.json)")
+    predictor, pred_meta = load_gates(gates, whisper)
+    gate_set = pred_meta.get("gate_set") or {}
+    value = profile.budget if budget is None else budget
+    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope, profile.cost_unit, profile.pinned)
+    for p in the_budget.pinned:
+        if p not in whisper.gate_names:
+            raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this model")
+
+    dims = asdict(whisper.dims)
+    bounds = axis_bounds(dims, max_batch=max_batch, max_step_tokens=max_step_tokens)
+    jobs = graph_jobs(whisper)
+    methods = _methods(jobs, predictor, whisper.dims.n_mels, len(whisper.gate_names))
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        tqdm = None
+    # Two ticks per method (torch.export, then XNNPACK partitioning) and one for the emitter.
+    bar = tqdm(total=2 * len(methods) + 1, desc=f"export {profile.name} (executorch)", unit="step",
+               disable=not progress or tqdm is None, file=sys.stderr) if tqdm else None
+
+    def tick(label: str) -> None:
+        if bar:
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+    t_export = time.perf_counter()
+    programs = {}
+    for m in methods:
+        try:
+            programs[m.name] = export_program(m.module, m.inputs, bounds)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"torch.export failed for {m.name} ({first}); this model cannot be exported to "
+                             "ExecuTorch as is") from None
+        tick(f"export {m.name}")
+    t_lower = time.perf_counter()
+    try:
+        prog = lower(programs, {m.name: m.inputs for m in methods}, bounds,
+                     on_method=lambda name: tick(f"lower {name}"))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"ExecuTorch lowering failed ({type(exc).__name__}: {first})") from None
+    check_plan(prog, {m.name: m.inputs for m in methods}, bounds)
+    t_emit = time.perf_counter()
+
+    modules: list[dict[str, Any]] = []
+    with BundleWriter(out, force=force) as w:
+        with open(w.path_for(PTE_FILE), "wb") as f:
+            prog.write_to_file(f)
+        tick("write model.pte")
+        if bar:
+            bar.close()
+        pte_entry = w.add(PTE_FILE)
+        by_name = {m.name: m for m in methods}
+        for job in jobs:
+            meth = by_name[job.name]
+            adapter = None
+            if job.adapter is not None:
+                am = by_name[f"{job.gate}.adapter"]
+                adapter = {"file": PTE_FILE, "method": am.name, "inputs": _tensor_specs(am.inputs),
+                           "outputs": _tensor_specs(am.outputs), "param_bytes": _param_bytes(am.module)}
+            modules.append({
+                "name": job.name, "kind": job.kind, "stage": job.stage, "layer": job.layer, "gate": job.gate,
+                "file": PTE_FILE, "method": meth.name, "inputs": _tensor_specs(meth.inputs),
+                "outputs": _tensor_specs(meth.outputs), "flops": float(job.flops),
+                "param_bytes": _param_bytes(job.module), "adapter": adapter,
+            })
+        pred_entry = None
+        if predictor is not None:
+            from edgegate.gated import default_language_codes
+
+            cfg = predictor.config
+            pm = by_name[PREDICTOR_METHOD]
+            pred_entry = {
+                "file": PTE_FILE, "method": PREDICTOR_METHOD, "inputs": _tensor_specs(pm.inputs),
+                "outputs": _tensor_specs(pm.outputs), "config": cfg.to_dict(), "meta": pred_meta,
+                "stats": "per-mel-bin mean then population std over the real (unpadded) log-mel frames",
+                "lang": "0 = unknown / auto-detect, else 1 + index in language_codes",
+                "language_codes": gate_set.get("language_codes") or default_language_codes(cfg.n_languages),
+                "task": "0 = transcribe, 1 = translate",
+                "planning": "FLOPs of edgegate.models.costs at the utterance's encoder positions (after audio_ctx) "
+                            "and edgegate.gated.estimate_tokens(duration) decoder positions",
+                "source": None if isinstance(gates, nn.Module) else str(gates),
+            }
+        w.copy_in(tok_path, "tokenizer.json")
+        from edgegate.tokenizer import WhisperTokenizer
+
+        tk = WhisperTokenizer.from_file(tok_path)
+        gate_costs = module_costs(whisper.dims, COST_FRAMES, COST_TOKENS)
+        t_done = time.perf_counter()
+        manifest = {
+            "model": {"family": "whisper", "name": model_name, "dims": dims,
+                      "skip_adapters": sorted(_adapters(whisper))},
+            "module_format": "pte",
+            "gate_names": list(whisper.gate_names),
+            "modules": modules,
+            "predictor": pred_entry,
+            "costs": {
+                "unit": "flops", "n_frames": COST_FRAMES, "n_tokens": COST_TOKENS,
+                "note": "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
+                        "positions; the runtime recomputes them for the real frame count",
+                "gates": {k: c.flops for k, c in gate_costs.items()},
+                "gate_param_bytes": {k: c.param_bytes for k, c in gate_costs.items()},
+                "always_on": {k: c.flops for k, c in always_on_costs(whisper.dims, COST_FRAMES, COST_TOKENS).items()},
+            },
+            "tokenizer": {"file": "tokenizer.json", "language_codes": tk.language_codes, "eot": tk.eot,
+                          "sot": tk.sot},
+            "frontend": {"type": "whisper-log-mel", "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+                         "hop_length": HOP_LENGTH, "n_mels": whisper.dims.n_mels, "chunk_length": CHUNK_LENGTH,
+                         "n_frames": N_FRAMES},
+            "decoding": {"max_tokens": whisper.dims.n_text_ctx // 2, "audio_ctx": gate_set.get("audio_ctx")},
+            "profile": profile.to_dict(),
+            "budget": the_budget.to_dict() if predictor is not None else None,
+            "executorch": {
+                "program": PTE_FILE, "methods": [m.name for m in methods], "delegate": "XnnpackBackend",
+                "axes": {k: list(v) for k, v in bounds.items()},
+                "max_batch": int(max_batch), "max_step_tokens": int(max_step_tokens),
+                "note": "memory is planned for each axis's upper bound; batch is fixed at 1 for the encoder, "
+                        "cross K/V and predictor methods and for the decoder's cross K/V inputs",
+            },
+            "provenance": {
+                "edgegate": edgegate.__version__, "torch": torch.__version__, "executorch": et_version,
+                "exporter": "torch.export.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> "
+                            "to_executorch",
+                "python": platform.python_version(),
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+                "source_model": model_name,
+                "export_seconds": {"torch_export": round(t_lower - t_export, 2), "lower": round(t_emit - t_lower, 2),
+                                   "total": round(t_done - t_start, 2)},
+                "notes": ["every module is a method of model.pte; token embedding stored twice (decoder.embed "
+                          "gathers on portable kernels, decoder.logits is an XNNPACK linear)",
+                          "decoder.logits and decoder.<i>.cross_attn use XNNPACK-friendly forms of the ONNX "
+                          "wrappers (edgegate.export.executorch_export.executorch_form)"],
+            },
+        }
+        path = w.finish(manifest)
+    log(f"wrote {path} ({len(methods)} methods in {PTE_FILE}, {int(pte_entry['bytes']) / 1e6:.1f} MB, "
+        f"target {profile.name}, {time.perf_counter() - t_start:.0f} s, "
+        f"{'predictor' if predictor is not None else 'no predictor: dense unless a mask is given'})")
+    return path
+
+
+__all__ = ["export_executorch_bundle", "export_program", "lower", "method_shapes", "PREDICTOR_METHOD"]
