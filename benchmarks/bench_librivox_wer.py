@@ -18,47 +18,23 @@ Exit status: 0 when edgegate's WER is no worse than faster-whisper int8's, 1 whe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-DEFAULT_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+from common import write_json_atomic
+
+from edgegate.data.librivox import find_librivox_dir, load_clips
+
 RESULTS = Path(__file__).resolve().parent / "results" / "librivox_wer.json"
 
 
-def find_librivox_dir() -> Path | None:
-    """The librivox folder of pocketsphinx-testdata: from ``dpkg -L``, else the default path."""
-    try:
-        out = subprocess.run(["dpkg", "-L", "pocketsphinx-testdata"], capture_output=True, text=True,
-                             timeout=30, check=False).stdout
-        for line in out.splitlines():
-            if line.rstrip("/").endswith("/librivox/transcription"):
-                return Path(line).parent
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return DEFAULT_DIR if (DEFAULT_DIR / "transcription").exists() else None
 
 
-def load_clips(folder: Path) -> list[tuple[str, Path, str]]:
-    """(utterance id, wav path, reference) for each line of ``transcription`` whose wav exists."""
-    clips = []
-    for line in (folder / "transcription").read_text().splitlines():
-        if not line.strip():
-            continue
-        text, _, utt = line.rpartition("(")
-        utt = utt.strip().rstrip(")").strip()
-        ref = " ".join(text.replace("<s>", " ").replace("</s>", " ").split())
-        wav = folder / f"{utt}.wav"
-        if wav.exists():
-            clips.append((utt, wav, ref))
-    return clips
 
 
 def time_systems(runs: dict[str, Callable], audios: list, repeats: int) -> dict[str, dict]:
@@ -104,17 +80,6 @@ def word_diff(ref: str, hyp: str) -> list[str]:
     return diffs
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,6 @@ translation is not English; 3 when the sanity control fails (a transcription pas
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import re
 import shutil
@@ -33,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "translate_espeak.json"
 
@@ -121,17 +121,6 @@ def synthesise(text: str, voice: str, folder: Path, name: str, rate: int) -> Pat
     return out
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def bleu(hyps: list[str], refs: list[tuple[str, str]]) -> float:

@@ -20,17 +20,17 @@ Exit status: 0 when RSS stayed within the tolerance, 1 when it grew, 2 when the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import write_json_atomic
 
-DEFAULT_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+from edgegate.data.librivox import DEFAULT_DIR, load_clips
+
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 
 
@@ -46,30 +46,8 @@ def status_kib(field: str) -> int | None:
     return None
 
 
-def load_clips(folder: Path) -> list[tuple[str, Path, str]]:
-    clips = []
-    for line in (folder / "transcription").read_text().splitlines():
-        if not line.strip():
-            continue
-        text, _, utt = line.rpartition("(")
-        utt = utt.strip().rstrip(")").strip()
-        wav = folder / f"{utt}.wav"
-        if wav.exists():
-            clips.append((utt, wav, " ".join(text.replace("<s>", " ").replace("</s>", " ").split())))
-    return clips
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

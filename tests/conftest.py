@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import pytest
 
-LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+from edgegate.data.librivox import DEFAULT_DIR as LIBRIVOX_DIR
+from edgegate.data.librivox import load_clips
 
 
 def librivox_clips() -> list[tuple[Path, str]]:
     """The 5 LibriVox clips of Debian's pocketsphinx-testdata with their transcripts."""
-    refs = {}
-    tfile = LIBRIVOX_DIR / "transcription"
-    if not tfile.exists():
-        return []
-    for line in tfile.read_text().splitlines():
-        text, _, utt = line.rpartition("(")
-        refs[utt.strip(") ")] = text.replace("<s>", "").replace("</s>", "").strip()
-    return [(Path(p), refs[Path(p).stem]) for p in sorted(glob.glob(str(LIBRIVOX_DIR / "*.wav")))]
+    return [(wav, ref) for _, wav, ref in load_clips(LIBRIVOX_DIR)]
 
 
 @pytest.fixture(scope="session")

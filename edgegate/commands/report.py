@@ -25,9 +25,6 @@ examples:
   edgegate report bundles/whisper-base-cpu --budgets 0,0.25,0.5 --out results/bundle-report
 """
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="plots and a Markdown summary from eval results or a bundle",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,17 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def librivox_manifest(path: Path) -> Path:
     """A manifest of the LibriVox clips with their transcripts (pocketsphinx-testdata)."""
+    from edgegate.data.librivox import load_clips
     from edgegate.data.manifest import ManifestEntry, write_manifest
 
-    tfile = LIBRIVOX / "transcription"
-    if not tfile.exists():
+    clips = load_clips()
+    if not clips:
         raise EdgegateError("no --manifest given and pocketsphinx-testdata is not installed: "
                             "apt-get install pocketsphinx-testdata, or pass --manifest data.jsonl")
-    entries = []
-    for line in tfile.read_text().splitlines():
-        text, _, utt = line.rpartition("(")
-        ref = text.replace("<s>", "").replace("</s>", "").strip()
-        entries.append(ManifestEntry(str(LIBRIVOX / f"{utt.strip(') ')}.wav"), "en", "transcribe", ref))
+    entries = [ManifestEntry(str(wav), "en", "transcribe", ref) for _, wav, ref in clips]
     write_manifest(path, entries)
     return path
 
