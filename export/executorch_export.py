@@ -64,23 +64,19 @@ from edgegate.budget import Budget
 from edgegate.errors import BackendError, BudgetError, ModelError
 from edgegate.export.bundle_writer import BundleWriter
 from edgegate.export.onnx_export import (
-    COST_FRAMES,
-    COST_TOKENS,
     CrossAttention,
     GraphJob,
     Logits,
     PredictorScores,
-    _adapters,
     _param_bytes,
     _tensor_specs,
     default_out,
     graph_jobs,
     load_gates,
     load_model,
+    manifest_core,
 )
 from edgegate.export.profiles import DeviceProfile, get_profile
-from edgegate.frontend import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE
-from edgegate.models.costs import always_on_costs, module_costs
 from edgegate.models.whisper import Whisper
 from edgegate.runtimes.backends.executorch import (
     DEFAULT_MAX_BATCH,
@@ -475,34 +471,11 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
                 "source": None if isinstance(gates, nn.Module) else str(gates),
             }
         w.copy_in(tok_path, "tokenizer.json")
-        from edgegate.tokenizer import WhisperTokenizer
 
-        tk = WhisperTokenizer.from_file(tok_path)
-        gate_costs = module_costs(whisper.dims, COST_FRAMES, COST_TOKENS)
         t_done = time.perf_counter()
-        manifest = {
-            "model": {"family": "whisper", "name": model_name, "dims": dims,
-                      "skip_adapters": sorted(_adapters(whisper))},
-            "module_format": "pte",
-            "gate_names": list(whisper.gate_names),
-            "modules": modules,
-            "predictor": pred_entry,
-            "costs": {
-                "unit": "flops", "n_frames": COST_FRAMES, "n_tokens": COST_TOKENS,
-                "note": "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
-                        "positions; the runtime recomputes them for the real frame count",
-                "gates": {k: c.flops for k, c in gate_costs.items()},
-                "gate_param_bytes": {k: c.param_bytes for k, c in gate_costs.items()},
-                "always_on": {k: c.flops for k, c in always_on_costs(whisper.dims, COST_FRAMES, COST_TOKENS).items()},
-            },
-            "tokenizer": {"file": "tokenizer.json", "language_codes": tk.language_codes, "eot": tk.eot,
-                          "sot": tk.sot},
-            "frontend": {"type": "whisper-log-mel", "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
-                         "hop_length": HOP_LENGTH, "n_mels": whisper.dims.n_mels, "chunk_length": CHUNK_LENGTH,
-                         "n_frames": N_FRAMES},
-            "decoding": {"max_tokens": whisper.dims.n_text_ctx // 2, "audio_ctx": gate_set.get("audio_ctx")},
-            "profile": profile.to_dict(),
-            "budget": the_budget.to_dict() if predictor is not None else None,
+        manifest = manifest_core(whisper, model_name, "pte", modules, pred_entry, tok_path, gate_set.get("audio_ctx"),
+                                 profile, the_budget if predictor is not None else None)
+        manifest.update({
             "executorch": {
                 "program": PTE_FILE, "methods": [m.name for m in methods], "delegate": "XnnpackBackend",
                 "axes": {k: list(v) for k, v in bounds.items()},
@@ -524,7 +497,7 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
                           "decoder.logits and decoder.<i>.cross_attn use XNNPACK-friendly forms of the ONNX "
                           "wrappers (edgegate.export.executorch_export.executorch_form)"],
             },
-        }
+        })
         path = w.finish(manifest)
     log(f"wrote {path} ({len(methods)} methods in {PTE_FILE}, {int(pte_entry['bytes']) / 1e6:.1f} MB, "
         f"target {profile.name}, {time.perf_counter() - t_start:.0f} s, "

@@ -39,6 +39,7 @@ from edgegate.export.profiles import DeviceProfile, get_profile
 from edgegate.frontend import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE
 from edgegate.models.costs import always_on_costs, module_costs
 from edgegate.models.whisper import MultiHeadAttention, Whisper
+from edgegate.tokenizer import WhisperTokenizer
 
 DEFAULT_OPSET = 17
 # Cost table reference point: a padded 30-s window and a typical short utterance.
@@ -421,6 +422,38 @@ def default_out(model_name: str, profile: DeviceProfile) -> Path:
     return Path("bundles") / f"{stem}-{profile.name}"
 
 
+
+def manifest_core(whisper: Whisper, model_name: str, module_format: str, modules: list[dict[str, Any]],
+                  predictor: dict[str, Any] | None, tok_path: str | Path, audio_ctx: int | None,
+                  profile: DeviceProfile, budget: Budget | None) -> dict[str, Any]:
+    """The manifest fields every exporter writes (model, modules, costs, tokenizer, frontend,
+    decoding, profile, budget); each exporter adds its own format section and provenance."""
+    tk = WhisperTokenizer.from_file(tok_path)
+    gate_costs = module_costs(whisper.dims, COST_FRAMES, COST_TOKENS)
+    return {
+        "model": {"family": "whisper", "name": model_name, "dims": asdict(whisper.dims),
+                  "skip_adapters": sorted(_adapters(whisper))},
+        "module_format": module_format,
+        "gate_names": list(whisper.gate_names),
+        "modules": modules,
+        "predictor": predictor,
+        "costs": {
+            "unit": "flops", "n_frames": COST_FRAMES, "n_tokens": COST_TOKENS,
+            "note": "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
+                    "positions; the runtime recomputes them for the real frame count",
+            "gates": {k: c.flops for k, c in gate_costs.items()},
+            "gate_param_bytes": {k: c.param_bytes for k, c in gate_costs.items()},
+            "always_on": {k: c.flops for k, c in always_on_costs(whisper.dims, COST_FRAMES, COST_TOKENS).items()},
+        },
+        "tokenizer": {"file": "tokenizer.json", "language_codes": tk.language_codes, "eot": tk.eot, "sot": tk.sot},
+        "frontend": {"type": "whisper-log-mel", "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+                     "hop_length": HOP_LENGTH, "n_mels": whisper.dims.n_mels, "chunk_length": CHUNK_LENGTH,
+                     "n_frames": N_FRAMES},
+        "decoding": {"max_tokens": whisper.dims.n_text_ctx // 2, "audio_ctx": audio_ctx},
+        "profile": profile.to_dict(),
+        "budget": budget.to_dict() if budget is not None else None,
+    }
+
 def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProfile = "cpu",
                   model: str | Path | Whisper = "whisper-base", gates: str | Path | nn.Module | None = None,
                   budget: float | None = None, scope: str | None = None, force: bool = False,
@@ -525,33 +558,10 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
         if bar:
             bar.close()
         w.copy_in(tok_path, "tokenizer.json")
-        from edgegate.tokenizer import WhisperTokenizer
 
-        tk = WhisperTokenizer.from_file(tok_path)
-        gate_costs = module_costs(whisper.dims, COST_FRAMES, COST_TOKENS)
-        manifest = {
-            "model": {"family": "whisper", "name": model_name, "dims": asdict(whisper.dims),
-                      "skip_adapters": sorted(_adapters(whisper))},
-            "module_format": fmt,
-            "gate_names": list(whisper.gate_names),
-            "modules": modules,
-            "predictor": pred_entry,
-            "costs": {
-                "unit": "flops", "n_frames": COST_FRAMES, "n_tokens": COST_TOKENS,
-                "note": "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
-                        "positions; the runtime recomputes them for the real frame count",
-                "gates": {k: c.flops for k, c in gate_costs.items()},
-                "gate_param_bytes": {k: c.param_bytes for k, c in gate_costs.items()},
-                "always_on": {k: c.flops for k, c in always_on_costs(whisper.dims, COST_FRAMES, COST_TOKENS).items()},
-            },
-            "tokenizer": {"file": "tokenizer.json", "language_codes": tk.language_codes, "eot": tk.eot,
-                          "sot": tk.sot},
-            "frontend": {"type": "whisper-log-mel", "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
-                         "hop_length": HOP_LENGTH, "n_mels": whisper.dims.n_mels, "chunk_length": CHUNK_LENGTH,
-                         "n_frames": N_FRAMES},
-            "decoding": {"max_tokens": whisper.dims.n_text_ctx // 2, "audio_ctx": audio_ctx},
-            "profile": profile.to_dict(),
-            "budget": the_budget.to_dict() if predictor is not None else None,
+        manifest = manifest_core(whisper, model_name, fmt, modules, pred_entry, tok_path, audio_ctx, profile,
+                                 the_budget if predictor is not None else None)
+        manifest.update({
             "provenance": {
                 "edgegate": edgegate.__version__, "torch": torch.__version__, "onnx_opset": opset,
                 "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
@@ -560,7 +570,7 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
                 "source_model": model_name,
                 "notes": ["token embedding stored twice (decoder.embed.onnx and decoder.logits.onnx)"],
             },
-        }
+        })
         try:
             import onnx
 
