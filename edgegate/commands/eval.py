@@ -128,17 +128,10 @@ def _runtime(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m edgegate.commands.eval ...``) until the CLI lists the command."""
-    from edgegate.errors import EdgegateError
+    """Standalone entry point: ``python -m edgegate.commands.eval ...`` = ``edgegate eval ...``."""
+    from edgegate.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="edgegate")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except EdgegateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

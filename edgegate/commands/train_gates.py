@@ -118,16 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone entry point, for torchrun: ``torchrun --nproc_per_node 2 -m edgegate.commands.train_gates ...``."""
     import sys
 
-    from edgegate.errors import EdgegateError
+    from edgegate.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="edgegate")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train-gates", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except EdgegateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return cli_main(["train-gates", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
