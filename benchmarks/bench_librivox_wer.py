@@ -33,10 +33,6 @@ from edgegate.data.librivox import find_librivox_dir, load_clips
 RESULTS = Path(__file__).resolve().parent / "results" / "librivox_wer.json"
 
 
-
-
-
-
 def time_systems(runs: dict[str, Callable], audios: list, repeats: int) -> dict[str, dict]:
     """Per-clip median seconds of ``repeats`` runs, the systems interleaved so that load from other
     processes hits them alike; each system first transcribes the first clip once, untimed (warm-up)."""
@@ -78,8 +74,6 @@ def word_diff(ref: str, hyp: str) -> list[str]:
         elif chunk.type == "insert":
             diffs.append(f"+{' '.join(h[chunk.hyp_start_idx:chunk.hyp_end_idx])}")
     return diffs
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,10 +40,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "live.json"
 SR = 16000
 
 
-
-
-
-
 def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 

@@ -121,8 +121,6 @@ def synthesise(text: str, voice: str, folder: Path, name: str, rate: int) -> Pat
     return out
 
 
-
-
 def bleu(hyps: list[str], refs: list[tuple[str, str]]) -> float:
     import sacrebleu
 
