@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import write_json_atomic
+from common import FASTER_WHISPER_DECODING, faster_whisper_transcriber, write_json_atomic
 
 from edgegate.data.librivox import find_librivox_dir, load_clips
 
@@ -125,17 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_fw(compute_type: str) -> Callable[[], Callable]:
         def make() -> Callable:
-            model = faster_whisper.WhisperModel(str(model_dir), device="cpu", compute_type=compute_type,
-                                                cpu_threads=args.threads, num_workers=1)
-
-            def run(audio) -> str:
-                segments, _ = model.transcribe(
-                    audio, language="en", task="transcribe", beam_size=1, best_of=1, temperature=[0.0],
-                    without_timestamps=True, vad_filter=False, condition_on_previous_text=False,
-                    suppress_blank=True, suppress_tokens=[-1], word_timestamps=False)
-                return " ".join(s.text.strip() for s in segments).strip()
-
-            return run
+            run = faster_whisper_transcriber(args.model, compute_type, args.threads)
+            return lambda audio: run(audio)[0]
 
         return make
 
@@ -194,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "timing": ("per clip median of repeats (systems interleaved) after one warm-up clip; "
                    "total = sum of medians; rtf = total/audio"),
-        "decoding": {"beam_size": 1, "temperature": 0.0, "language": "en", "without_timestamps": True,
-                     "vad_filter": False, "condition_on_previous_text": False, "suppress_tokens": [-1],
-                     "suppress_blank": True},
+        "decoding": {**FASTER_WHISPER_DECODING, "temperature": 0.0},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

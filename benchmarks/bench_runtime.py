@@ -15,17 +15,21 @@ Budget rows report free decoding (what a user gets: text, WER, tokens, latency) 
 decoding (the decoder fed the dense transcript's tokens, so every row does the same number of
 steps): achieved saving = 1 - forced latency / dense forced latency, next to the FLOP-proportional
 ideal = skipped FLOPs / all FLOPs (gateable + always-on) at the clip's token count.
-Hooks for later rows (ExecuTorch, faster-whisper): see EXTRA_ROWS.
+Extra rows (EXTRA_ROWS; "n/a" when the package is missing):
+- executorch-xnnpack[-budget-0.5] the same model exported for android (one .pte, XNNPACK), all gates on / budget 0.5
+- faster-whisper-int8/-float32   faster-whisper (CTranslate2) on the same weights (the registry's CTranslate2
+                                 directory), greedy, language en, no VAD, no timestamps; always the full 30-s
+                                 context (CTranslate2 pads every window to 3000 frames), whatever --audio-ctx says
+Every row is timed from the wav path to the text (audio loading included), with the same thread count.
+Clips and references: edgegate.data.librivox.load_clips; WER: corpus-level on edgegate.textnorm-normalised text.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -34,40 +38,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from common import faster_whisper_transcriber, write_json_atomic
+
+from edgegate.data.librivox import find_librivox_dir, load_clips
+from edgegate.textnorm import wer
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIPS = "/usr/share/pocketsphinx/test/data/librivox/*.wav"
 BUDGETS = (0.25, 0.5, 0.7)
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def normalize(text: str) -> list[str]:
-    text = text.lower().replace("-", " ")
-    text = re.sub(r"[^a-z' ]+", " ", text)
-    return text.split()
-
-
-def word_errors(ref: str, hyp: str) -> tuple[int, int]:
-    r, h = normalize(ref), normalize(hyp)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)], len(r)
-
-
-def references() -> dict[str, str]:
-    refs = {}
-    tfile = Path(CLIPS).parent / "transcription"
-    if tfile.exists():
-        for line in tfile.read_text().splitlines():
-            text, _, utt = line.rpartition("(")
-            refs[utt.strip(") ")] = text.replace("<s>", "").replace("</s>", "").strip()
-    return refs
-
-
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -216,7 +196,7 @@ def _executorch_session(args):
 _ET: dict = {}
 
 
-def _executorch_runner(args, budget: float | None) -> Callable[[str], dict] | None:
+def _executorch_runner(args, clips: list[str], budget: float | None) -> Callable[[str], dict] | None:
     s = _executorch_session(args)
     if s is None:
         return None
@@ -234,28 +214,55 @@ def _executorch_runner(args, budget: float | None) -> Callable[[str], dict] | No
             r = s.transcribe(clip, language="en", mask=static_mask(s, budget)[0], audio_ctx=ctx)
         return {"text": r.text, "tokens": len(r.tokens), **r.timings}
 
-    run(sorted(glob.glob(args.clips))[0])  # warm-up, not timed
+    run(clips[0])  # warm-up, not timed
     return run
 
 
-def executorch_row(args) -> Callable[[str], dict] | None:
+def executorch_row(args, clips: list[str]) -> Callable[[str], dict] | None:
     """ExecuTorch (XNNPACK), all gates on (None when executorch is not installed)."""
-    return _executorch_runner(args, None)
+    return _executorch_runner(args, clips, None)
 
 
-def executorch_budget_row(args) -> Callable[[str], dict] | None:
+def executorch_budget_row(args, clips: list[str]) -> Callable[[str], dict] | None:
     """ExecuTorch (XNNPACK) at budget 0.5 (predictor masks, else the static FLOP-ranked mask)."""
-    return _executorch_runner(args, 0.5)
+    return _executorch_runner(args, clips, 0.5)
 
 
-def faster_whisper_row(args) -> Callable[[str], dict] | None:
-    """Hook: faster-whisper (CTranslate2) on the same weights; None until the eval extra is wired in."""
-    return None
+def _faster_whisper_runner(args, clips: list[str], compute_type: str) -> Callable[[str], dict] | None:
+    """faster-whisper (CTranslate2, CPU) on the registry's CTranslate2 directory of the same weights: greedy,
+    language en, no VAD, no timestamps, ``args.threads`` threads; timed from the wav path to the text like the
+    other rows. None when faster-whisper is not installed or the model is not a CTranslate2 directory."""
+    try:
+        transcribe = faster_whisper_transcriber(args.model, compute_type, args.threads)
+    except ImportError:
+        return None
+    except Exception as e:  # e.g. a checkpoint that is not a CTranslate2 directory
+        print(f"# faster-whisper {compute_type}: not run ({type(e).__name__}: {e})", flush=True)
+        return None
+
+    def run(clip: str) -> dict:
+        t0 = time.perf_counter()
+        text, n_tokens = transcribe(clip)
+        return {"text": text, "tokens": n_tokens, "total": time.perf_counter() - t0}
+
+    run(clips[0])  # warm-up, not timed
+    return run
+
+
+def faster_whisper_int8_row(args, clips: list[str]) -> Callable[[str], dict] | None:
+    """faster-whisper int8 (its usual CPU setting)."""
+    return _faster_whisper_runner(args, clips, "int8")
+
+
+def faster_whisper_float32_row(args, clips: list[str]) -> Callable[[str], dict] | None:
+    """faster-whisper float32 (the same precision as the ONNX rows)."""
+    return _faster_whisper_runner(args, clips, "float32")
 
 
 EXTRA_ROWS: dict[str, Callable] = {"executorch-xnnpack": executorch_row,
                                    "executorch-xnnpack-budget-0.5": executorch_budget_row,
-                                   "faster-whisper": faster_whisper_row}
+                                   "faster-whisper-int8": faster_whisper_int8_row,
+                                   "faster-whisper-float32": faster_whisper_float32_row}
 
 
 # -- thread-pool modes ---------------------------------------------------------------------------
@@ -297,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="whisper-base")
     ap.add_argument("--bundle", default=None, help="existing bundle (default: export to bundles/bench-<model>-cpu)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--clips", default=CLIPS)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="folder with the LibriVox wavs and 'transcription' (default: pocketsphinx-testdata's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_runtime.json"))
     ap.add_argument("--gates", default="auto",
                     help="gate set or predictor to export with (auto: the shipped gate set for the model if any; "
@@ -317,11 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     from edgegate.transcriber import WhisperModel
 
     torch.set_num_threads(args.threads)
-    clips = sorted(glob.glob(args.clips))
-    if not clips:
-        print(f"no clips match {args.clips} (apt-get install pocketsphinx-testdata)", file=sys.stderr)
+    folder = args.data or find_librivox_dir()
+    listed = load_clips(folder) if folder is not None else []
+    if not listed:
+        print("no LibriVox clips found (apt-get install pocketsphinx-testdata, or pass --data DIR)", file=sys.stderr)
         return 1
-    refs = references()
+    clips = [str(wav) for _, wav, _ in listed]
+    refs = {utt: ref for utt, _, ref in listed}
     ref_model = WhisperModel(args.model, threads=args.threads)
 
     gates = args.gates
@@ -356,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     mask_source = "predictor" if session.has_predictor else "static FLOP-ranked mask (no predictor in the bundle)"
     print(f"# {session.describe()}", flush=True)
     print(f"# budget masks: {mask_source}", flush=True)
+    if ctx is not None:
+        print("# faster-whisper rows always use the full 30-s context (CTranslate2 pads to 3000 frames)", flush=True)
 
     static = {b: static_mask(session, b) for b in BUDGETS}
     dense_mask = np.ones(n, bool)
@@ -364,15 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     def add(row: str, clip: str, rec: dict) -> None:
         rec["clip"] = Path(clip).stem
         if "text" in rec:  # forced-decoding rows have no text of their own
-            rec["word_errors"], rec["ref_words"] = word_errors(refs.get(rec["clip"], ""), rec["text"])
+            rec["wer"] = wer([refs[rec["clip"]]], [rec["text"]])
         rows.setdefault(row, []).append(rec)
 
     # warm-up (not timed): first runs allocate arenas and page weights in
     ref_model.transcribe(clips[0], language="en", audio_ctx=ctx)
     session.transcribe(clips[0], language="en", audio_ctx=ctx)
     mono.transcribe(clips[0], audio_ctx=ctx)
-    extra = {name: fn(args) for name, fn in EXTRA_ROWS.items()}
+    extra = {name: fn(args, clips) for name, fn in EXTRA_ROWS.items()}
 
+    loads = [os.getloadavg()]
     for clip in clips:
         if not args.no_torch:
             r = ref_model.transcribe(clip, language="en", audio_ctx=ctx)
@@ -406,18 +419,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, runner in extra.items():
             if runner is not None:
                 add(name, clip, runner(clip))
-        print(f"  {Path(clip).stem}: done", flush=True)
+        loads.append(os.getloadavg())
+        print(f"  {Path(clip).stem}: done (load average {loads[-1][0]:.2f})", flush=True)
 
     summary = []
     dense_forced = median([x["total"] for x in rows["edgegate-dense/forced"]])
     mono_med = median([x["total"] for x in rows["onnx-monolithic-dense"]])
     for row, recs in rows.items():
         med = median([x["total"] for x in recs])
-        words = sum(x.get("ref_words", 0) for x in recs)
-        wer = sum(x.get("word_errors", 0) for x in recs) / words if words else None
-        s = {"row": row, "median_s": med, "encoder_median_s": median([x.get("encoder", 0.0) for x in recs]),
-             "decoder_median_s": median([x.get("decoder", 0.0) for x in recs]),
-             "wer": wer, "tokens_median": median([x["tokens"] for x in recs])}
+        texts = [x for x in recs if "text" in x]
+        s = {"row": row, "median_s": med,
+             "encoder_median_s": median([x["encoder"] for x in recs]) if "encoder" in recs[0] else None,
+             "decoder_median_s": median([x["decoder"] for x in recs]) if "decoder" in recs[0] else None,
+             "wer": wer([refs[x["clip"]] for x in texts], [x["text"] for x in texts]) if texts else None,
+             "tokens_median": median([x["tokens"] for x in recs])}
         if "predictor" in recs[0]:
             s["predictor_share"] = median([x["predictor"] / x["total"] for x in recs])
         if "ideal_saving" in recs[0]:
@@ -437,19 +452,21 @@ def main(argv: list[str] | None = None) -> int:
         pp = f"{100 * s['predictor_share']:.3f}%" if "predictor_share" in s else "-"
         ideal = f"{100 * s['ideal_saving']:.1f}%" if "ideal_saving" in s else "-"
         ach = f"{100 * s['achieved_saving']:.1f}%" if "achieved_saving" in s else "-"
-        wer = "-" if s["wer"] is None else f"{100 * s['wer']:.1f}%"
-        print(f"{s['row']:30s} {s['median_s']:9.3f} {s['encoder_median_s']:7.3f} {s['decoder_median_s']:7.3f} "
-              f"{wer:>6s} {s['tokens_median']:6.0f} {pp:>9s} {ideal:>6s} {ach:>8s}")
+        w = "-" if s["wer"] is None else f"{100 * s['wer']:.1f}%"
+        enc, dec = (("-" if s[k] is None else f"{s[k]:.3f}") for k in ("encoder_median_s", "decoder_median_s"))
+        print(f"{s['row']:30s} {s['median_s']:9.3f} {enc:>7s} {dec:>7s} "
+              f"{w:>6s} {s['tokens_median']:6.0f} {pp:>9s} {ideal:>6s} {ach:>8s}")
     for name, runner in extra.items():
         if runner is None:
-            print(f"{name:30s} n/a (not implemented yet)")
+            print(f"{name:30s} n/a (package not installed)")
     ov = next(s for s in summary if s["row"] == "edgegate-dense")["overhead_vs_monolithic"]
     print(f"\nall gates on vs monolithic dense ONNX: {100 * ov:+.1f}%   (budget masks: {mask_source})")
 
     result = {
         "benchmark": "bench_runtime", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+                    "cpus": os.cpu_count(), "load_avg_at_start": loads[0],
+                    "load_avg_after_each_clip": loads[1:]},
         "threads": args.threads, "model": args.model, "gates": gates, "audio_ctx": ctx, "bundle": str(bundle_dir),
         "backend": session.backend.describe(),
         "budget_masks": mask_source,
@@ -461,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nONNX Runtime thread pools (edgegate-dense, median over clips):", flush=True)
         result["threading"] = bench_threading(bundle_dir, args.threads, clips)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)
     print(f"\nwrote {out}")
     return 0
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -20,3 +22,29 @@ def write_json_atomic(path: Path, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# faster-whisper decoding that matches edgegate's greedy transcribe: temperature 0 only, no timestamps,
+# no VAD, no previous-text conditioning, Whisper's token suppression.
+FASTER_WHISPER_DECODING = {"language": "en", "task": "transcribe", "beam_size": 1, "best_of": 1, "temperature": [0.0],
+                           "without_timestamps": True, "vad_filter": False, "condition_on_previous_text": False,
+                           "suppress_blank": True, "suppress_tokens": [-1], "word_timestamps": False}
+
+
+def faster_whisper_transcriber(model: str, compute_type: str, threads: int) -> Callable[[Any], tuple[str, int]]:
+    """faster-whisper (CTranslate2, CPU) on the CTranslate2 directory edgegate's registry assembles for
+    ``model`` (the same weights edgegate runs); returns ``run(audio) -> (text, tokens)`` for a path or
+    16-kHz float32 samples, decoding with :data:`FASTER_WHISPER_DECODING`."""
+    import faster_whisper
+
+    from edgegate.models.registry import resolve_model
+
+    fw = faster_whisper.WhisperModel(str(resolve_model(model)), device="cpu", compute_type=compute_type,
+                                     cpu_threads=threads, num_workers=1)
+
+    def run(audio: Any) -> tuple[str, int]:
+        segments, _ = fw.transcribe(audio, **FASTER_WHISPER_DECODING)
+        segments = list(segments)  # the generator does the decoding: consume it here
+        return " ".join(s.text.strip() for s in segments).strip(), sum(len(s.tokens) for s in segments)
+
+    return run

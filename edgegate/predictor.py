@@ -141,6 +141,21 @@ class GatePredictor(nn.Module):
         return torch.softmax(self(stats, lang, task, budget), dim=-1)[..., KEEP]
 
 
+def seed_margins(pred: GatePredictor, margins: torch.Tensor | list[float]) -> None:
+    """Set the output bias so that keep-minus-skip logits start at ``margins`` (n_modules,).
+
+    The context weights stay small, so the initial ranking (what the planner consumes) is the
+    seeded one; see :mod:`edgegate.ablation` for where the margins come from.
+    """
+    m = torch.as_tensor(margins, dtype=pred.fc2.bias.dtype)
+    if m.shape != (pred.config.n_modules,):
+        raise EdgegateError(f"margins must have shape ({pred.config.n_modules},): got {tuple(m.shape)}")
+    with torch.no_grad():
+        bias = pred.fc2.bias.view(pred.config.n_modules, 2)
+        bias[:, KEEP] = m / 2
+        bias[:, SKIP] = -m / 2
+
+
 def n_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -65,6 +65,7 @@ from edgegate.predictor import (
 )
 
 ADAPT_MODES = ("none", "skip-adapters", "lora", "full")
+INIT_RANKINGS = ("ablation", "flat")
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
 
@@ -85,6 +86,7 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 8
     lr: float = 3e-3
+    adapt_lr: float | None = None  # learning rate of the adapted weights (default: lr); ~1e-5..1e-4 for lora/full
     weight_decay: float = 0.0
     warmup: int = 10
     min_lr_ratio: float = 0.1
@@ -100,6 +102,8 @@ class TrainConfig:
     max_tokens: int = 96
     drop_unfinished: bool = True  # leave out utterances the teacher did not finish (loops)
     hidden: int = 128
+    init_ranking: str = "ablation"  # "ablation": seed the predictor with measured per-module damage; "flat"
+    ablation_utts: int = 16
     seed: int = 0
     checkpoint_every: int = 50
     log_every: int = 10
@@ -127,8 +131,14 @@ class TrainConfig:
             raise TrainingError(f"target power must be > 0: got {self.target_power}")
         if not self.lr > 0:
             raise TrainingError(f"learning rate must be > 0: got {self.lr}")
+        if self.adapt_lr is not None and not self.adapt_lr > 0:
+            raise TrainingError(f"adapt learning rate must be > 0: got {self.adapt_lr}")
         if self.audio_ctx is not None and self.audio_ctx < 0:
             raise TrainingError(f"audio-ctx margin must be >= 0 encoder positions: got {self.audio_ctx}")
+        if self.init_ranking not in INIT_RANKINGS:
+            raise TrainingError(f"unknown --init-ranking {self.init_ranking!r}: use one of {', '.join(INIT_RANKINGS)}")
+        if self.ablation_utts < 1:
+            raise TrainingError(f"ablation-utts must be >= 1: got {self.ablation_utts}")
         if self.save_dtype not in ("float16", "float32"):
             raise TrainingError("save dtype must be float16 or float32")
 
@@ -417,6 +427,7 @@ def item_loss(st: Student, ex: Example, gate: torch.Tensor, xa: torch.Tensor | N
     """Distillation loss of one utterance under keep-gates ``gate`` (L,), and its token accuracy."""
     model = st.model
     per_module = [gate[i:i + 1] if s else None for i, s in enumerate(st.in_scope)]
+    xa_in = xa
     if xa is None:
         xa = model.embed_audio(ex.mel[None], per_module)
     cross = model.cross_kv(xa, per_module)
@@ -434,7 +445,8 @@ def item_loss(st: Student, ex: Example, gate: torch.Tensor, xa: torch.Tensor | N
             if st.lora is not None:
                 st.lora.enabled = False
             try:
-                txa = teacher.embed_audio(ex.mel[None]) if (st.teacher is not None or xa.requires_grad) else xa
+                # A cached encoder output (frozen encoder, decoder scope) is the teacher's own.
+                txa = xa_in if xa_in is not None else teacher.embed_audio(ex.mel[None])
                 tl = teacher.decode(inp, teacher.cross_kv(txa))[0][p - 1: p - 1 + n_pred]
             finally:
                 if st.lora is not None:
@@ -443,6 +455,40 @@ def item_loss(st: Student, ex: Example, gate: torch.Tensor, xa: torch.Tensor | N
                                            log_target=True, reduction="batchmean")
     acc = float((logits.argmax(-1) == target).float().mean())
     return loss, acc
+
+
+def seed_ranking_from_ablation(predictor: GatePredictor, st: Student, examples: list[Example],
+                               xa_cache: dict[int, torch.Tensor], cfg: TrainConfig, out: Path,
+                               dist=None, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Measure each in-scope module's damage on a few utterances and seed the predictor's margins.
+
+    Writes ``out/ablation.json`` (rank 0). Returns the margins.
+    """
+    from edgegate.ablation import module_damage, ranking_margins
+    from edgegate.predictor import seed_margins
+
+    n = min(cfg.ablation_utts, len(examples))
+    picks = [int(i) for i in np.linspace(0, len(examples) - 1, n).round().astype(int)]
+
+    def loss_fn(i: int, gate: torch.Tensor) -> float:
+        return float(item_loss(st, examples[i], gate, xa_cache.get(i), 0.0)[0])
+
+    mine = picks[rank::world]
+    total = torch.from_numpy(module_damage(loss_fn, mine, st.in_scope, progress=cfg.progress and rank == 0)
+                             * len(mine))
+    if dist:
+        dist.all_reduce(total)
+    damage = total.numpy() / n
+    costs = torch.stack([examples[i].costs for i in picks]).mean(0).numpy()
+    margins = ranking_margins(damage, costs, st.in_scope)
+    seed_margins(predictor, torch.from_numpy(margins).float())
+    if rank == 0:
+        report = {"utterances": n, "modules": {name: {"damage": round(float(d), 4), "margin": round(float(m), 3),
+                                                      "cost_share": round(float(c / costs.sum()), 5)}
+                                               for name, d, m, c, s in zip(st.names, damage, margins, costs,
+                                                                           st.in_scope, strict=True) if s}}
+        (out / "ablation.json").write_text(json.dumps(report, indent=1) + "\n")
+    return margins
 
 
 def _dist():
@@ -570,7 +616,7 @@ def train(cfg: TrainConfig, model: Whisper | None = None, tokenizer=None, entrie
     predictor = GatePredictor(pcfg).train()
     params = [{"params": list(predictor.parameters())}]
     if st.trainable:
-        params.append({"params": st.trainable})
+        params.append({"params": st.trainable, "lr_scale": (cfg.adapt_lr or cfg.lr) / cfg.lr})
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     in_scope = torch.from_numpy(st.in_scope)
@@ -582,6 +628,8 @@ def train(cfg: TrainConfig, model: Whisper | None = None, tokenizer=None, entrie
             for i, ex in enumerate(examples):
                 xa_cache[i] = model.embed_audio(ex.mel[None]).clone()
 
+    if cfg.init_ranking == "ablation" and not cfg.resume:
+        seed_ranking_from_ablation(predictor, st, examples, xa_cache, cfg, out, dist, rank, world)
     if dist:  # identical seeds give identical weights; make sure of it
         for p in list(predictor.parameters()) + st.trainable:
             dist.broadcast(p.data, 0)
@@ -613,7 +661,7 @@ def train(cfg: TrainConfig, model: Whisper | None = None, tokenizer=None, entrie
         gates = gumbel_gates(logits, tau, hard=True, generator=gen)
         gates = torch.where(in_scope, gates, torch.ones_like(gates))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
         opt.zero_grad(set_to_none=True)
 
         local = list(range(rank, B, world))

@@ -101,8 +101,9 @@ def even_corpus(tmp_path_factory) -> Path:
 def test_sparsity_loss_drives_achieved_sparsity_to_target(even_corpus, tiny_pt, tokenizer, tmp_path, target):
     from edgegate.training import train
 
+    # A flat (dense) start, so that reaching the target is the sparsity loss's doing.
     cfg = config(even_corpus, tmp_path, tiny_pt, steps=120, lr=3e-3, alpha=10.0, target_range=(target, target),
-                 checkpoint_every=1000, log_every=1)
+                 checkpoint_every=1000, log_every=1, init_ranking="flat")
     summary = train(cfg, model=load_tiny(tiny_pt), tokenizer=tokenizer)
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 120
@@ -136,6 +137,40 @@ def test_gradients_reach_predictor_through_hard_gates(corpus, tiny_pt, tokenizer
     loss.backward()
     assert pred.fc2.weight.grad is not None and pred.fc2.weight.grad.abs().sum() > 0
     assert pred.fc1.weight.grad.abs().sum() > 0
+
+
+def test_ranking_margins_order_by_damage_per_cost():
+    from edgegate.ablation import ranking_margins
+
+    damage = np.array([1.0, 0.01, 0.5, 9.0, 0.2])
+    costs = np.array([10.0, 1.0, 1.0, 1.0, 100.0])
+    in_scope = np.array([True, True, True, True, False])
+    m = ranking_margins(damage, costs, in_scope, lo=0.5, hi=4.0)
+    # damage per cost share: 0.1, 0.01, 0.5, 9 -> module 1 is dropped first, module 3 last
+    assert np.argsort(m[:4]).tolist() == [1, 0, 2, 3]
+    assert m[1] == 0.5 and m[3] == 4.0 and m[4] == 4.0
+
+
+def test_ablation_seeds_predictor_so_a_fatal_module_is_kept(corpus, tiny_pt, tokenizer, tmp_path):
+    """The straight-through gradient once ranked a fatal module first to drop (encoder.3.attn on
+    whisper-base); the ablation pass measures it, and the seeded predictor keeps it longest."""
+    from edgegate.predictor import load_predictor
+    from edgegate.training import train
+
+    model = load_tiny(tiny_pt)
+    with torch.no_grad():  # make decoder.1.mlp carry the signal: removing it wrecks the output
+        model.decoder.blocks[1].mlp[2].weight.mul_(50.0)
+    fatal = "decoder.1.mlp"
+    train(config(corpus, tmp_path, tiny_pt, steps=1, ablation_utts=3), model=model, tokenizer=tokenizer)
+    report = json.loads((tmp_path / "ablation.json").read_text())["modules"]
+    assert len(report) == len(model.gate_names)
+    assert max(report, key=lambda k: report[k]["damage"]) == fatal
+    pred, _ = load_predictor(tmp_path)
+    names = list(model.gate_names)
+    assert report[fatal]["margin"] == max(r["margin"] for r in report.values())
+    stats = torch.zeros(1, 2 * model.dims.n_mels)
+    scores = pred.keep_scores(stats, torch.tensor([0]), torch.tensor([0]), torch.tensor([0.5]))[0]
+    assert names[int(scores.argmax())] == fatal
 
 
 def _state(out: Path) -> dict[str, torch.Tensor]:

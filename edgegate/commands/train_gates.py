@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8, help="utterances per step, over all processes")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine decay)")
+    p.add_argument("--adapt-lr", type=float, default=None, metavar="LR",
+                   help="peak learning rate of the adapted weights (default: --lr); use ~3e-5 for lora/full")
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--target-range", default="0,0.8", metavar="LO,HI",
                    help="sparsity targets are drawn uniformly from [LO, HI] (fractions of in-scope FLOPs)")
@@ -60,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-unfinished", action="store_true",
                    help="also train on utterances the dense model did not finish within --max-tokens")
     p.add_argument("--hidden", type=int, default=128, help="predictor hidden width")
+    p.add_argument("--init-ranking", choices=("ablation", "flat"), default="ablation",
+                   help="start the predictor from measured per-module damage (skip each module alone on a few "
+                        "utterances; default) or from a flat ranking")
+    p.add_argument("--ablation-utts", type=int, default=16, metavar="N",
+                   help="utterances for the ablation pass (default 16; costs 1 + modules forward passes each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS")
     p.add_argument("--log-every", type=int, default=10, metavar="STEPS")
@@ -93,11 +100,12 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         manifest=args.manifest, out=args.out, model=args.model, scope=args.scope, adapt=args.adapt,
         adapter_rank=args.adapter_rank, lora_rank=args.lora_rank, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, warmup=args.warmup, target_range=parse_range(args.target_range),
+        lr=args.lr, adapt_lr=args.adapt_lr, warmup=args.warmup, target_range=parse_range(args.target_range),
         target_power=args.target_power, alpha=args.alpha,
         tau_start=tau[0], tau_end=tau[1], kl_weight=args.kl_weight, audio_ctx=ctx, max_tokens=args.max_tokens,
         drop_unfinished=not args.keep_unfinished,
-        hidden=args.hidden, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        hidden=args.hidden, init_ranking=args.init_ranking, ablation_utts=args.ablation_utts, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         resume=args.resume, stop_after=args.stop_after, save_dtype=args.save_dtype, threads=args.threads,
         progress=not args.no_progress,
     )
