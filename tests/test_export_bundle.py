@@ -236,3 +236,22 @@ def test_monolithic_graphs_match_torch(tmp_path, model):
         cross = model.cross_kv(torch.from_numpy(xa))
         ref = model.decode(torch.from_numpy(tokens), cross, cache={})[:, -1]
     np.testing.assert_allclose(logits, ref.numpy(), atol=1e-4)
+
+
+def test_eval_on_a_bundle_counts_skipped_flops(bundle, tmp_path):
+    """``edgegate eval --bundle`` reports the skipped FLOPs from the bundle's own dims."""
+    import soundfile as sf
+
+    from edgegate.cli import main
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "u.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio": "u.wav", "lang": "en", "task": "transcribe",
+                                                  "text": "hello"}) + "\n")
+    out = tmp_path / "ev"
+    assert main(["eval", "--bundle", str(bundle), "--manifest", str(tmp_path / "m.jsonl"), "--budgets", "0,0.4",
+                 "--out", str(out), "--no-progress"]) == 0
+    overall = json.loads((out / "eval.json").read_text())["overall"]
+    assert overall["0"]["skipped_gated_flops"] == 0.0
+    # The plan uses an estimated token count, the report the tokens really decoded: close, not exact.
+    assert 0.3 <= overall["0.4"]["skipped_gated_flops"] <= 0.5

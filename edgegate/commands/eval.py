@@ -122,9 +122,12 @@ def _runtime(args: argparse.Namespace):
     def transcribe_fn(audio, lang, task, budget):
         return sess.transcribe(audio, 16000, lang, task, budget=budget)
 
-    names = list(getattr(sess, "gate_names", None) or getattr(sess, "module_names", []))
-    cost_fn = getattr(sess, "cost_fn", None)
-    return transcribe_fn, names, cost_fn
+    from edgegate.evaluation import whisper_cost_fn
+    from edgegate.models.whisper import ModelDims
+
+    # FLOPs from the bundle's own dims and context margin, counted as for the PyTorch model.
+    dims = ModelDims(**{k: v for k, v in sess.dims.items() if k in ModelDims.__dataclass_fields__})
+    return transcribe_fn, list(sess.gate_names), whisper_cost_fn(dims, sess.audio_ctx)
 
 
 def main(argv: list[str] | None = None) -> int:
