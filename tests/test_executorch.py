@@ -104,6 +104,14 @@ def test_bundle_is_one_multi_method_program(tiny, session):
     assert axes["past"][0] == 0 and axes["frames"][2] == 1500 and axes["mel_frames"][2] == 3000
 
 
+def test_inspect_reports_the_shared_program_once(tiny, capsys):
+    from edgegate.cli import main
+
+    assert main(["inspect", str(tiny[1])]) == 0
+    out = capsys.readouterr().out
+    assert "shared" in out and "holds" in out and "hashes   ok" in out
+
+
 def test_methods_share_weights(tiny):
     """Each weight is stored once across the ~20 methods; only the token embedding twice (the portable
     gather of decoder.embed and XNNPACK's linear in decoder.logits), as in the ONNX bundle."""

@@ -51,13 +51,21 @@ def report(bundle, checks) -> str:
     always = sum(m["costs"].get("always_on", {}).values())
     status = {c.file: ("ok" if c.ok else "FAILED") for c in checks} if checks is not None else {}
     rows = [("module", "kind", "stage", "MB", "GFLOPs", "adapter", "hash")]
+    # An ExecuTorch bundle holds every module as a method of one .pte: its size is not per module.
+    users: dict[str, int] = {}
+    for mod in bundle.modules:
+        users[mod.file] = users.get(mod.file, 0) + 1
     for mod in bundle.modules:
         size = files.get(mod.file, {}).get("bytes", 0)
-        rows.append((mod.name, mod.kind, mod.stage, _mb(size), f"{mod.flops / 1e9:.3f}",
+        rows.append((mod.name, mod.kind, mod.stage, _mb(size) if users[mod.file] == 1 else "shared",
+                     f"{mod.flops / 1e9:.3f}",
                      "yes" if mod.adapter else "", status.get(mod.file, "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append("")
+    for f, n in users.items():
+        if n > 1:
+            lines.append(f"shared   {f} ({_mb(files.get(f, {}).get('bytes', 0))} MB) holds {n} modules as methods")
     lines.append(f"total    {len(files)} files, {_mb(bundle.total_bytes())} MB; "
                  f"gateable {total_gated / 1e9:.2f} GFLOPs + always-on {always / 1e9:.2f} GFLOPs "
                  f"(at {m['costs']['n_frames']} frames, {m['costs']['n_tokens']} tokens)")
