@@ -146,6 +146,31 @@ def plot_matrix(results: dict, path: Path) -> Path:
     return path
 
 
+def evaluate_gate_set(label: str, gates: str, sets: dict, budgets: list[float], audio_ctx: str, threads: int,
+                      out: str, progress: bool) -> dict:
+    """Evaluate one gate set at every budget; writes OUT/<label>/ and returns its summary."""
+    import torch
+
+    from edgegate.commands.eval import _audio_ctx
+    from edgegate.evaluation import evaluate, whisper_cost_fn, write_report
+    from edgegate.gated import load_gated
+
+    torch.set_num_threads(threads)
+    gw = load_gated(gates, threads=threads)
+    ctx = _audio_ctx(audio_ctx, gw.audio_ctx)
+
+    def transcribe_fn(audio, lang, task, budget):
+        return gw.transcribe(audio, language=lang, task=task, budget=budget, audio_ctx=ctx)
+
+    print(f"== {label}: {gates} (scope {gw.spec.scope}, adapt {gw.spec.adapt}, ctx {ctx})", flush=True)
+    report = evaluate(sets, transcribe_fn, budgets, gw.gate_names, whisper_cost_fn(gw.model.dims, ctx),
+                      progress=progress)
+    report.update(gates=str(gates), audio_ctx=ctx)
+    write_report(report, Path(out) / label.replace("/", "_"))
+    return {"gates": str(gates), "scope": gw.spec.scope, "adapt": gw.spec.adapt, "audio_ctx": ctx,
+            "rows": summarize_set(report, budgets), "task_keep_diff": task_keep_diff(report, budgets)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gates", action="append", required=True, metavar="LABEL=DIR",
@@ -156,13 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-ctx", default="trained", help="'trained' (each gate set's own), 'none' or N")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gates_matrix"))
+    ap.add_argument("--jobs", type=int, default=1, help="gate sets evaluated in parallel processes")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from edgegate.commands.eval import _audio_ctx, parse_budgets
+    from edgegate.commands.eval import parse_budgets
     from edgegate.data.manifest import read_manifest
-    from edgegate.evaluation import evaluate, whisper_cost_fn, write_report
-    from edgegate.gated import load_gated
 
     budgets = parse_budgets(args.budgets)
     if 0.0 not in budgets:
@@ -171,21 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     results: dict[str, dict] = {}
     t0 = time.time()
-    for label, gates in parse_pairs(args.gates, "gates"):
-        gw = load_gated(gates, threads=args.threads)
-        ctx = _audio_ctx(args.audio_ctx, gw.audio_ctx)
+    jobs = [(label, gates, sets, budgets, args.audio_ctx, args.threads, str(out), not args.no_progress)
+            for label, gates in parse_pairs(args.gates, "gates")]
+    if args.jobs > 1:  # gate sets in parallel processes; each set's budgets still run side by side
+        from concurrent.futures import ProcessPoolExecutor
 
-        def transcribe_fn(audio, lang, task, budget, gw=gw, ctx=ctx):
-            return gw.transcribe(audio, language=lang, task=task, budget=budget, audio_ctx=ctx)
-
-        print(f"== {label}: {gates} (scope {gw.spec.scope}, adapt {gw.spec.adapt}, ctx {ctx})", flush=True)
-        report = evaluate(sets, transcribe_fn, budgets, gw.gate_names, whisper_cost_fn(gw.model.dims, ctx),
-                          progress=not args.no_progress)
-        report.update(gates=str(gates), audio_ctx=ctx)
-        write_report(report, out / label.replace("/", "_"))
-        results[label] = {"gates": str(gates), "scope": gw.spec.scope, "adapt": gw.spec.adapt, "audio_ctx": ctx,
-                          "rows": summarize_set(report, budgets), "task_keep_diff": task_keep_diff(report, budgets)}
-        del gw
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {job[0]: pool.submit(evaluate_gate_set, *job) for job in jobs}
+            results = {label: f.result() for label, f in futures.items()}
+    else:
+        for job in jobs:
+            results[job[0]] = evaluate_gate_set(*job)
     table = format_matrix(results)
     print(table)
     for label, res in results.items():
