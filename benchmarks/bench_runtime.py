@@ -9,12 +9,15 @@ Rows (each clip runs every row in turn, so background load hits all rows alike; 
 - onnx-monolithic-dense      one encoder graph + one cross-K/V graph + one decoder-step graph (ORT)
 - edgegate-dense             the bundle's per-module graphs, all gates on (ORT)
 - edgegate-budget-B          B in 0.25/0.5/0.7: masks from the bundle's gate predictor when it has
-                             one, else a static FLOP-ranked mask (the costliest modules skipped
+                             one, else a static cost-ranked mask (the costliest modules skipped
                              first, planned exactly by edgegate.budget.plan_mask); the output says which
 Budget rows report free decoding (what a user gets: text, WER, tokens, latency) and forced
 decoding (the decoder fed the dense transcript's tokens, so every row does the same number of
 steps): achieved saving = 1 - forced latency / dense forced latency, next to the FLOP-proportional
 ideal = skipped FLOPs / all FLOPs (gateable + always-on) at the clip's token count.
+--cost-unit ms plans the static masks (and the predictor's, through the budget) with the bundle's
+measured ms (edgegate profile; profiled here first, into the bundle, when it has no table) and adds
+the time-proportional ideal = skipped ms / all ms (gateable + always-on) at the clip's token count.
 Extra rows (EXTRA_ROWS; "n/a" when the package is missing):
 - executorch-xnnpack[-budget-0.5] the same model exported for android (one .pte, XNNPACK), all gates on / budget 0.5
 - faster-whisper-int8/-float32   faster-whisper (CTranslate2) on the same weights (the registry's CTranslate2
@@ -137,10 +140,10 @@ def forced_run(session, audio: str, mask: np.ndarray, tokens: list[int], languag
     return {"total": t3 - t0, "frontend": t1 - t0, "encoder": t2 - t1, "decoder": t3 - t2}
 
 
-def static_mask(session, budget: float, scope: str = "both") -> tuple[np.ndarray, float]:
+def static_mask(session, budget: float, scope: str = "both", unit: str = "flops") -> tuple[np.ndarray, float]:
     from edgegate.budget import plan_mask
 
-    costs = session.costs(1500)
+    costs = session.costs(1500, unit=unit)
     t0 = time.perf_counter()
     mask = plan_mask(session.gate_names, costs, -costs, budget, scope)
     return mask, time.perf_counter() - t0
@@ -161,6 +164,40 @@ def flops_total(session, n_tokens: int, n_frames: int = 1500) -> tuple[np.ndarra
     always = sum(c.flops for c in always_on_costs(dims, n_frames, n_tokens).values())
     g = np.array([gate[n].flops for n in session.gate_names])
     return g, float(g.sum() + always)
+
+
+def ms_total(session, n_tokens: int, n_frames: int = 1500) -> tuple[np.ndarray, float]:
+    """(measured ms per gate, ms of the whole utterance) at this shape, from the bundle's profile."""
+    from edgegate.runtimes.profiling import measured_ms
+    from edgegate.runtimes.session import _Dims
+
+    costs, dims = session.bundle.manifest["costs"], _Dims(session.dims)
+    gate = measured_ms(costs, dims, n_frames, n_tokens)
+    always = sum(measured_ms(costs, dims, n_frames, n_tokens, always_on=True).values())
+    g = np.array([gate[n] for n in session.gate_names])
+    return g, float(g.sum() + always)
+
+
+def ensure_ms_profile(bundle_dir: Path, threads: int):
+    """The session, after profiling the bundle into its manifest if it has no measured ms yet."""
+    from edgegate.runtimes.profiling import format_table, profile_bundle, write_profile
+    from edgegate.runtimes.session import Session, _Dims
+
+    session = Session.load(bundle_dir, threads=threads)
+    meta = session.bundle.manifest["costs"].get("ms_meta")
+    if session.bundle.manifest["costs"].get("ms"):
+        if meta and meta.get("threads") != threads:
+            print(f"# note: the bundle was profiled with {meta.get('threads')} threads, this run uses {threads}",
+                  flush=True)
+        return session
+    t0 = time.perf_counter()
+    prof = profile_bundle(session)
+    write_profile(bundle_dir, prof)
+    print(f"# profiled {bundle_dir.name} in {time.perf_counter() - t0:.0f} s (edgegate profile, {threads} threads):",
+          flush=True)
+    print("\n".join(f"#   {line}" for line in format_table(prof, _Dims(session.dims), session.gate_names).splitlines()),
+          flush=True)
+    return Session.load(bundle_dir, threads=threads)
 
 
 # -- rows to come --------------------------------------------------------------------------------
@@ -314,10 +351,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder context for every row: bundle (the gate set's), none (full 30 s) or an int")
     ap.add_argument("--threading", action="store_true", help="also compare ONNX Runtime thread-pool modes")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch row")
+    ap.add_argument("--cost-unit", choices=("flops", "ms"), default="flops",
+                    help="what budgets count: FLOPs, or the bundle's measured ms (profiled first if missing)")
     args = ap.parse_args(argv)
 
     import torch
 
+    from edgegate.budget import Budget
     from edgegate.export.onnx_export import export_bundle, export_monolithic
     from edgegate.pipeline import encoder_frames
     from edgegate.runtimes.bundle import Bundle
@@ -355,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     if not all(p.exists() for p in mono_paths.values()):
         mono_paths = export_monolithic(ref_model.model, mono_dir)
 
-    session = Session.load(bundle_dir, threads=args.threads)
+    if args.cost_unit == "ms":
+        session = ensure_ms_profile(bundle_dir, args.threads)
+    else:
+        session = Session.load(bundle_dir, threads=args.threads)
     mono = MonoSession(mono_paths, session.dims, session.tokenizer, args.threads)
     names = session.gate_names
     n = len(names)
@@ -363,13 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.audio_ctx not in ("bundle", "none"):
         ctx = int(args.audio_ctx)
     print(f"# encoder context: {'full 30 s' if ctx is None else f'audio + {ctx} positions'} (all rows)", flush=True)
-    mask_source = "predictor" if session.has_predictor else "static FLOP-ranked mask (no predictor in the bundle)"
+    unit_name = {"flops": "FLOP", "ms": "measured-ms"}[args.cost_unit]
+    mask_source = (f"predictor, planned in {args.cost_unit}" if session.has_predictor
+                   else f"static {unit_name}-ranked mask (no predictor in the bundle)")
     print(f"# {session.describe()}", flush=True)
     print(f"# budget masks: {mask_source}", flush=True)
     if ctx is not None:
         print("# faster-whisper rows always use the full 30-s context (CTranslate2 pads to 3000 frames)", flush=True)
 
-    static = {b: static_mask(session, b) for b in BUDGETS}
+    static = {b: static_mask(session, b, unit=args.cost_unit) for b in BUDGETS}
     dense_mask = np.ones(n, bool)
     rows: dict[str, list[dict]] = {}
 
@@ -400,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         add("edgegate-dense/forced", clip, {"tokens": len(dense_tokens), **f})
         frames = 1500 if ctx is None else encoder_frames(min(3000, int(round(duration_s(clip) * 100))), ctx) // 2
         g_flops, total_flops = flops_total(session, 4 + len(dense_tokens), frames)
+        g_ms, total_ms = ms_total(session, 4 + len(dense_tokens), frames) if args.cost_unit == "ms" else (None, 0.0)
         for b in BUDGETS:
             if session.has_predictor:
-                r = session.transcribe(clip, language="en", budget=b, audio_ctx=ctx)
+                spec = b if args.cost_unit == "flops" else Budget(b, session.budget.scope, "ms", session.budget.pinned)
+                r = session.transcribe(clip, language="en", budget=spec, audio_ctx=ctx)
                 mask = np.array(r.mask)
                 plan_s = r.timings["predictor"]
             else:
@@ -410,12 +457,15 @@ def main(argv: list[str] | None = None) -> int:
                 r = session.transcribe(clip, language="en", mask=mask, audio_ctx=ctx)
                 r.timings["predictor"] = plan_s
             skipped = float(g_flops[~mask].sum())
+            ideal = {"ideal_saving": skipped / total_flops}
+            if g_ms is not None:
+                ideal.update(ideal_saving_ms=float(g_ms[~mask].sum()) / total_ms,
+                             skipped_gate_ms=float(g_ms[~mask].sum() / g_ms.sum()))
             add(f"edgegate-budget-{b}", clip, {"text": r.text, "tokens": len(r.tokens), **r.timings,
-                                               "skipped_gate_flops": skipped / g_flops.sum(),
-                                               "ideal_saving": skipped / total_flops})
+                                               "skipped_gate_flops": skipped / g_flops.sum(), **ideal})
             f = forced_run(session, clip, mask, dense_tokens, audio_ctx=ctx)
             add(f"edgegate-budget-{b}/forced", clip, {"tokens": len(dense_tokens), **f,
-                                                      "predictor": plan_s, "ideal_saving": skipped / total_flops})
+                                                      "predictor": plan_s, **ideal})
         for name, runner in extra.items():
             if runner is not None:
                 add(name, clip, runner(clip))
@@ -435,32 +485,39 @@ def main(argv: list[str] | None = None) -> int:
              "tokens_median": median([x["tokens"] for x in recs])}
         if "predictor" in recs[0]:
             s["predictor_share"] = median([x["predictor"] / x["total"] for x in recs])
-        if "ideal_saving" in recs[0]:
-            s["ideal_saving"] = median([x["ideal_saving"] for x in recs])
+        for key in ("ideal_saving", "ideal_saving_ms", "skipped_gate_ms"):
+            if key in recs[0]:
+                s[key] = median([x[key] for x in recs])
         if row.endswith("/forced"):
             s["achieved_saving"] = 1 - med / dense_forced
         if row == "edgegate-dense":
             s["overhead_vs_monolithic"] = med / mono_med - 1
         summary.append(s)
 
+    with_ms = args.cost_unit == "ms"
     hdr = f"{'row':30s} {'median s':>9s} {'enc s':>7s} {'dec s':>7s} {'WER':>6s} {'tokens':>6s} " \
-          f"{'pred+plan':>9s} {'ideal':>6s} {'achieved':>8s}"
+          f"{'pred+plan':>9s} {'ideal':>6s} " + (f"{'ms-ideal':>8s} " if with_ms else "") + f"{'achieved':>8s}"
     print()
     print(hdr)
     print("-" * len(hdr))
     for s in summary:
         pp = f"{100 * s['predictor_share']:.3f}%" if "predictor_share" in s else "-"
         ideal = f"{100 * s['ideal_saving']:.1f}%" if "ideal_saving" in s else "-"
+        ms_ideal = (f"{100 * s['ideal_saving_ms']:.1f}%" if "ideal_saving_ms" in s else "-").rjust(8) + " "
         ach = f"{100 * s['achieved_saving']:.1f}%" if "achieved_saving" in s else "-"
         w = "-" if s["wer"] is None else f"{100 * s['wer']:.1f}%"
         enc, dec = (("-" if s[k] is None else f"{s[k]:.3f}") for k in ("encoder_median_s", "decoder_median_s"))
         print(f"{s['row']:30s} {s['median_s']:9.3f} {enc:>7s} {dec:>7s} "
-              f"{w:>6s} {s['tokens_median']:6.0f} {pp:>9s} {ideal:>6s} {ach:>8s}")
+              f"{w:>6s} {s['tokens_median']:6.0f} {pp:>9s} {ideal:>6s} {ms_ideal if with_ms else ''}{ach:>8s}")
     for name, runner in extra.items():
         if runner is None:
             print(f"{name:30s} n/a (package not installed)")
     ov = next(s for s in summary if s["row"] == "edgegate-dense")["overhead_vs_monolithic"]
     print(f"\nall gates on vs monolithic dense ONNX: {100 * ov:+.1f}%   (budget masks: {mask_source})")
+    legend = "ideal = skipped FLOPs / all FLOPs"
+    if with_ms:
+        legend += "; ms-ideal = skipped measured ms / all measured ms"
+    print(legend + "; achieved = 1 - forced latency / dense forced latency")
 
     result = {
         "benchmark": "bench_runtime", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -469,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                     "load_avg_after_each_clip": loads[1:]},
         "threads": args.threads, "model": args.model, "gates": gates, "audio_ctx": ctx, "bundle": str(bundle_dir),
         "backend": session.backend.describe(),
-        "budget_masks": mask_source,
+        "budget_masks": mask_source, "cost_unit": args.cost_unit,
+        "ms_profile": session.bundle.manifest["costs"].get("ms_meta") if with_ms else None,
+        "ms_table": session.bundle.manifest["costs"].get("ms") if with_ms else None,
         "static_masks": {str(b): [nm for nm, k in zip(names, static[b][0], strict=True) if not k] for b in BUDGETS},
         "clips": [Path(c).stem for c in clips], "summary": summary, "per_clip": rows,
         "not_run": [name for name, r in extra.items() if r is None],

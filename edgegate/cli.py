@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "live",
     "export",
     "inspect",
+    "profile",
     "build_engines",
     "profiles",
     "report",

@@ -624,9 +624,10 @@ def train(cfg: TrainConfig, model: Whisper | None = None, tokenizer=None, entrie
     # Frozen encoder and decoder-only gates: run the encoder once per utterance and keep it.
     xa_cache: dict[int, torch.Tensor] = {}
     if cfg.scope == "decoder" and st.encoder_frozen:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: fine-tuned cross-attention K/V weights save xa for backward.
+        with torch.no_grad():
             for i, ex in enumerate(examples):
-                xa_cache[i] = model.embed_audio(ex.mel[None]).clone()
+                xa_cache[i] = model.embed_audio(ex.mel[None])
 
     if cfg.init_ranking == "ablation" and not cfg.resume:
         seed_ranking_from_ablation(predictor, st, examples, xa_cache, cfg, out, dist, rank, world)

@@ -33,6 +33,7 @@ from edgegate.pipeline import MelWindow, Segment, Transcription, encoder_frames,
 from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle, ModuleSpec
+from edgegate.runtimes.profiling import measured_ms
 from edgegate.tokenizer import TASKS, WhisperTokenizer
 
 
@@ -183,13 +184,24 @@ class Session:
 
     # -- planning ----------------------------------------------------------------------------
     def costs(self, n_frames: int = 1500, n_tokens: int = 32, unit: str = "flops") -> np.ndarray:
-        """Per-gate cost in plan order: FLOPs for this frame count, or the bundle's measured ms."""
+        """Per-gate cost in plan order at this utterance shape: FLOPs, or the bundle's measured ms.
+
+        ms come from ``edgegate profile`` (``costs.ms``), rescaled from the profiled shape to
+        ``n_frames``/``n_tokens`` by :func:`edgegate.runtimes.profiling.measured_ms`.
+        """
         if unit == "ms":
-            table = self.bundle.manifest["costs"].get("ms")
+            costs = self.bundle.manifest["costs"]
+            table = costs.get("ms")
             if not table:
-                raise BudgetError("this budget counts milliseconds but the bundle has no measured cost table; "
-                                  "run edgegate profile on the device or use cost_unit flops")
-            return np.array([float(table[n]) for n in self.gate_names])
+                raise BudgetError(f"this budget counts milliseconds but bundle {self.bundle.path} has no measured "
+                                  f"cost table; run: edgegate profile {self.bundle.path} (on the target device), "
+                                  "or use cost_unit flops")
+            missing = [n for n in self.gate_names if n not in table]
+            if missing:
+                raise BudgetError(f"the measured cost table of bundle {self.bundle.path} lacks {', '.join(missing)}; "
+                                  f"re-run: edgegate profile {self.bundle.path}")
+            ms = measured_ms(costs, _Dims(self.dims), n_frames, n_tokens)
+            return np.array([ms[n] for n in self.gate_names], dtype=np.float64)
         c = module_costs(_Dims(self.dims), n_frames, n_tokens)
         return np.array([c[n].flops for n in self.gate_names], dtype=np.float64)
 

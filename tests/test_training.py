@@ -250,7 +250,8 @@ def test_outputs_load_and_plan_within_budget(corpus, tiny_pt, tokenizer, tmp_pat
     assert names == gw.gate_names
 
 
-@pytest.mark.parametrize("adapt,scope", [("none", "decoder"), ("lora", "both"), ("full", "encoder")])
+@pytest.mark.parametrize("adapt,scope", [("none", "decoder"), ("lora", "both"), ("full", "encoder"),
+                                         ("full", "decoder")])
 def test_other_adaptation_modes_train_and_load(corpus, tiny_pt, tokenizer, tmp_path, adapt, scope):
     from edgegate.gated import load_gated
     from edgegate.training import train

@@ -69,6 +69,13 @@ def report(bundle, checks) -> str:
     lines.append(f"total    {len(files)} files, {_mb(bundle.total_bytes())} MB; "
                  f"gateable {total_gated / 1e9:.2f} GFLOPs + always-on {always / 1e9:.2f} GFLOPs "
                  f"(at {m['costs']['n_frames']} frames, {m['costs']['n_tokens']} tokens)")
+    ms = m["costs"].get("ms")
+    if ms:
+        meta = m["costs"].get("ms_meta") or {}
+        lines.append(f"measured gateable {sum(ms.values()):.1f} ms + always-on "
+                     f"{sum(m['costs'].get('ms_always_on', {}).values()):.1f} ms per utterance "
+                     f"({meta.get('backend', '?')}, {meta.get('threads', '?')} threads, {meta.get('date_utc', '?')}; "
+                     "edgegate profile)")
     if checks is None:
         lines.append("hashes   not checked (--no-verify)")
     else:
