@@ -82,7 +82,7 @@ def summarize_set(report: dict, budgets: list[float]) -> list[dict]:
     return rows
 
 
-def task_keep_diff(report: dict, budgets: list[float], min_diff: float = 0.1) -> dict[str, dict]:
+def task_keep_diff(report: dict, budgets: list[float], min_diff: float = 0.02) -> dict[str, dict]:
     """Per budget > 0: keep rate under translate minus under transcribe, same languages, per module."""
     names = report["gate_names"]
     out = {}
