@@ -93,8 +93,8 @@ def load_transcriber(args: argparse.Namespace) -> Callable[[np.ndarray], Transcr
 
         budget = validate_budget(args.budget)
         gated = load_gated(args.gates, model=args.model, threads=args.threads)
-        # Full 30-s context: the trimmed context the gates were trained with makes base loop on short clips.
-        return lambda samples: gated.transcribe(samples, 16000, budget=budget, audio_ctx=None, **opts)
+        # The encoder context the gates were trained with (gates.json): training and inference must agree.
+        return lambda samples: gated.transcribe(samples, 16000, budget=budget, **opts)
     from edgegate.transcriber import WhisperModel
 
     model = WhisperModel(args.model, threads=args.threads)
