@@ -60,7 +60,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import edgegate
-from edgegate.budget import Budget
 from edgegate.errors import BackendError, BudgetError, ModelError
 from edgegate.export.bundle_writer import BundleWriter
 from edgegate.export.onnx_export import (
@@ -72,9 +71,9 @@ from edgegate.export.onnx_export import (
     _tensor_specs,
     default_out,
     graph_jobs,
-    load_gates,
-    load_model,
+    load_export_inputs,
     manifest_core,
+    predictor_entry,
 )
 from edgegate.export.profiles import DeviceProfile, get_profile
 from edgegate.models.whisper import Whisper
@@ -383,16 +382,9 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
     BundleWriter.check_target(out.expanduser().resolve(), force)  # fail before any slow work
     _, _, et_version = _lib()  # fail early (one line) when executorch is missing
 
-    whisper, tok_path, model_name = load_model(model, tokenizer)
-    if not Path(tok_path).is_file():
-        raise ModelError(f"tokenizer not found at {tok_path}; pass tokenizer= (a Whisper tokenizer.json)")
-    predictor, pred_meta = load_gates(gates, whisper)
+    whisper, tok_path, model_name, predictor, pred_meta, the_budget = load_export_inputs(
+        model, tokenizer, gates, profile, budget, scope)
     gate_set = pred_meta.get("gate_set") or {}
-    value = profile.budget if budget is None else budget
-    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope, profile.cost_unit, profile.pinned)
-    for p in the_budget.pinned:
-        if p not in whisper.gate_names:
-            raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this model")
 
     dims = asdict(whisper.dims)
     bounds = axis_bounds(dims, max_batch=max_batch, max_step_tokens=max_step_tokens)
@@ -455,21 +447,9 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
             })
         pred_entry = None
         if predictor is not None:
-            from edgegate.gated import default_language_codes
-
-            cfg = predictor.config
             pm = by_name[PREDICTOR_METHOD]
-            pred_entry = {
-                "file": PTE_FILE, "method": PREDICTOR_METHOD, "inputs": _tensor_specs(pm.inputs),
-                "outputs": _tensor_specs(pm.outputs), "config": cfg.to_dict(), "meta": pred_meta,
-                "stats": "per-mel-bin mean then population std over the real (unpadded) log-mel frames",
-                "lang": "0 = unknown / auto-detect, else 1 + index in language_codes",
-                "language_codes": gate_set.get("language_codes") or default_language_codes(cfg.n_languages),
-                "task": "0 = transcribe, 1 = translate",
-                "planning": "FLOPs of edgegate.models.costs at the utterance's encoder positions (after audio_ctx) "
-                            "and edgegate.gated.estimate_tokens(duration) decoder positions",
-                "source": None if isinstance(gates, nn.Module) else str(gates),
-            }
+            pred_entry = predictor_entry(PTE_FILE, PREDICTOR_METHOD, pm.inputs, pm.outputs, predictor, pred_meta,
+                                         gates)
         w.copy_in(tok_path, "tokenizer.json")
 
         t_done = time.perf_counter()

@@ -417,6 +417,48 @@ def load_gates(gates: str | Path | nn.Module | None, model: Whisper) -> tuple[nn
 
 
 # -- the exporter ------------------------------------------------------------------------------
+def load_export_inputs(model: str | Path | Whisper, tokenizer: str | Path | None,
+                       gates: str | Path | nn.Module | None, profile: DeviceProfile, budget: float | None,
+                       scope: str | None) -> tuple[Whisper, Path, str, nn.Module | None, dict[str, Any], Budget]:
+    """What every exporter needs: the (adapted) model, its tokenizer, the predictor and the budget.
+
+    Returns ``(whisper, tokenizer path, model name, predictor, predictor meta, budget)``. The
+    budget's scope is ``scope``, else the gate set's (what its predictor was trained for), else
+    the profile's; a profile pinning a module the model lacks is refused.
+    """
+    whisper, tok_path, model_name = load_model(model, tokenizer)
+    if not Path(tok_path).is_file():
+        raise ModelError(f"tokenizer not found at {tok_path}; pass tokenizer= (a Whisper tokenizer.json)")
+    predictor, pred_meta = load_gates(gates, whisper)
+    gate_set = pred_meta.get("gate_set") or {}
+    value = profile.budget if budget is None else budget
+    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope, profile.cost_unit, profile.pinned)
+    for p in the_budget.pinned:
+        if p not in whisper.gate_names:
+            raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this model")
+    return whisper, tok_path, model_name, predictor, pred_meta, the_budget
+
+
+def predictor_entry(file: str, method: str | None, inputs: Sequence, outputs: Sequence, predictor: nn.Module,
+                    pred_meta: dict[str, Any], gates: str | Path | nn.Module | None) -> dict[str, Any]:
+    """The manifest's ``predictor`` entry: where its graph is, and how the runtime must feed it."""
+    from edgegate.gated import default_language_codes
+
+    cfg = predictor.config
+    gate_set = pred_meta.get("gate_set") or {}
+    return {
+        "file": file, "method": method, "inputs": _tensor_specs(inputs), "outputs": _tensor_specs(outputs),
+        "config": cfg.to_dict(), "meta": pred_meta,
+        "stats": "per-mel-bin mean then population std over the real (unpadded) log-mel frames",
+        "lang": "0 = unknown / auto-detect, else 1 + index in language_codes",
+        "language_codes": gate_set.get("language_codes") or default_language_codes(cfg.n_languages),
+        "task": "0 = transcribe, 1 = translate",
+        "planning": "FLOPs of edgegate.models.costs at the utterance's encoder positions (after audio_ctx) "
+                    "and edgegate.gated.estimate_tokens(duration) decoder positions",
+        "source": None if isinstance(gates, nn.Module) else str(gates),
+    }
+
+
 def default_out(model_name: str, profile: DeviceProfile) -> Path:
     stem = Path(model_name).name if model_name not in ("", "custom") else "model"
     return Path("bundles") / f"{stem}-{profile.name}"
@@ -485,18 +527,10 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
                                                           budget=budget, scope=scope, force=force,
                                                           progress=progress, tokenizer=tokenizer, log=log)
     opset = opset or profile.opset
-    whisper, tok_path, model_name = load_model(model, tokenizer)
-    if not Path(tok_path).is_file():
-        raise ModelError(f"tokenizer not found at {tok_path}; pass tokenizer= (a Whisper tokenizer.json)")
-    predictor, pred_meta = load_gates(gates, whisper)
+    whisper, tok_path, model_name, predictor, pred_meta, the_budget = load_export_inputs(
+        model, tokenizer, gates, profile, budget, scope)
     gate_set = pred_meta.get("gate_set") or {}
-    # scope: --scope, else the gate set's (what its predictor was trained for), else the profile's
-    value = profile.budget if budget is None else budget
-    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope, profile.cost_unit, profile.pinned)
     audio_ctx = gate_set.get("audio_ctx")
-    for p in the_budget.pinned:
-        if p not in whisper.gate_names:
-            raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this model")
 
     jobs = graph_jobs(whisper)
     files = [j for job in jobs for j in (job, job.adapter) if j is not None]
@@ -531,7 +565,6 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
             })
         pred_entry = None
         if predictor is not None:
-            from edgegate.gated import default_language_codes
 
             cfg = predictor.config
             n = len(whisper.gate_names)
@@ -544,17 +577,7 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
             w.add("predictor.onnx")
             if bar:
                 bar.update(1)
-            pred_entry = {
-                "file": "predictor.onnx", "method": None, "inputs": _tensor_specs(ins), "outputs": _tensor_specs(outs),
-                "config": cfg.to_dict(), "meta": pred_meta,
-                "stats": "per-mel-bin mean then population std over the real (unpadded) log-mel frames",
-                "lang": "0 = unknown / auto-detect, else 1 + index in language_codes",
-                "language_codes": gate_set.get("language_codes") or default_language_codes(cfg.n_languages),
-                "task": "0 = transcribe, 1 = translate",
-                "planning": "FLOPs of edgegate.models.costs at the utterance's encoder positions (after audio_ctx) "
-                            "and edgegate.gated.estimate_tokens(duration) decoder positions",
-                "source": None if isinstance(gates, nn.Module) else str(gates),
-            }
+            pred_entry = predictor_entry("predictor.onnx", None, ins, outs, predictor, pred_meta, gates)
         if bar:
             bar.close()
         w.copy_in(tok_path, "tokenizer.json")
