@@ -4,8 +4,10 @@ windows, segments out. No torch here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -71,3 +73,34 @@ def encoder_frames(n_frames: int, audio_ctx: int | None) -> int:
     if audio_ctx is None:
         return N_FRAMES
     return min(N_FRAMES, 2 * (-(-n_frames // 2) + audio_ctx))
+
+
+def transcribe_windows(windows: Sequence[MelWindow], encode: Callable[[np.ndarray], Any],
+                       make_state: Callable[[Any], Any], tokenizer: Any, n_vocab: int, language: str | None,
+                       task: str, beam_size: int, max_tokens: int, audio_ctx: int | None, duration: float,
+                       mask: list[bool] | None, timings: dict[str, float], t0: float) -> Transcription:
+    """The window loop every transcriber shares, whatever runs the model.
+
+    ``encode(mel (1, n_mels, frames))`` returns the cross-attention K/V of one window (its mel
+    trimmed to ``audio_ctx``), ``make_state(cross)`` a fresh decoder state over them. Adds encoder
+    and decoder seconds to ``timings`` and ``total`` since ``t0``. The language, when not given, is
+    detected once on the first window and kept, as Whisper does.
+    """
+    from edgegate.decoding import decode
+
+    segments: list[Segment] = []
+    probability = None
+    for window in windows:
+        t1 = time.perf_counter()
+        cross = encode(window.mel[None, :, :encoder_frames(window.n_frames, audio_ctx)])
+        t2 = time.perf_counter()
+        result = decode(lambda c=cross: make_state(c), tokenizer, n_vocab, language, task, beam_size,
+                        max_tokens=max_tokens)
+        timings["encoder"] += t2 - t1
+        timings["decoder"] += time.perf_counter() - t2
+        if language is None:
+            language, probability = result.language, result.language_probs.get(result.language)
+        segments.append(Segment(window.start, window.end, tokenizer.decode(result.tokens).strip(), result.tokens))
+    timings["total"] = time.perf_counter() - t0
+    text = " ".join(s.text for s in segments if s.text)
+    return Transcription(text, segments, language or "", probability, duration, task, mask, timings)

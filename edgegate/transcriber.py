@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgegate.decoding import decode
 from edgegate.models.loaders import load_whisper
 from edgegate.models.registry import resolve_model, tokenizer_path
 from edgegate.models.whisper import Gate, Whisper
-from edgegate.pipeline import Segment, Transcription, encoder_frames, mel_windows, to_samples
+from edgegate.pipeline import Transcription, mel_windows, to_samples, transcribe_windows
 from edgegate.tokenizer import WhisperTokenizer
 
 
@@ -85,29 +84,16 @@ class WhisperModel:
         samples = to_samples(audio, sample_rate)
         gates = self.mask_to_gates(mask)
         timings = {"frontend": 0.0, "encoder": 0.0, "decoder": 0.0}
-        segments: list[Segment] = []
-        probability = None
         t_front = time.perf_counter()
         windows = list(mel_windows(samples, self.model.dims.n_mels))
         timings["frontend"] = time.perf_counter() - t_front
-        for window in windows:
-            t1 = time.perf_counter()
-            frames = encoder_frames(window.n_frames, audio_ctx)
-            mel = torch.from_numpy(np.ascontiguousarray(window.mel[None, :, :frames]))
+
+        def encode(mel: np.ndarray) -> list:
             with torch.inference_mode():
-                xa = self.model.embed_audio(mel, gates)
-                cross = self.model.cross_kv(xa, gates)
-            t2 = time.perf_counter()
-            result = decode(lambda c=cross: TorchDecoderState(self.model, c, gates), self.tokenizer,
-                            self.model.dims.n_vocab, language, task, beam_size,
-                            max_tokens=self.model.dims.n_text_ctx // 2)
-            timings["encoder"] += t2 - t1
-            timings["decoder"] += time.perf_counter() - t2
-            if language is None:  # Whisper detects once, on the first window, and keeps it
-                language, probability = result.language, result.language_probs.get(result.language)
-            segments.append(Segment(window.start, window.end, self.tokenizer.decode(result.tokens).strip(),
-                                    result.tokens))
-        timings["total"] = time.perf_counter() - t0
-        text = " ".join(s.text for s in segments if s.text)
-        return Transcription(text, segments, language or "", probability, len(samples) / 16000, task,
-                             None if mask is None else [bool(m) for m in mask], timings)
+                xa = self.model.embed_audio(torch.from_numpy(np.ascontiguousarray(mel)), gates)
+                return self.model.cross_kv(xa, gates)
+
+        return transcribe_windows(windows, encode, lambda cross: TorchDecoderState(self.model, cross, gates),
+                                  self.tokenizer, self.model.dims.n_vocab, language, task, beam_size,
+                                  self.model.dims.n_text_ctx // 2, audio_ctx, len(samples) / 16000,
+                                  None if mask is None else [bool(m) for m in mask], timings, t0)

@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from edgegate.budget import Budget, validate_budget
-from edgegate.decoding import decode
 from edgegate.errors import BudgetError, BundleError, EdgegateError
 from edgegate.frontend import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, pooled_stats
 from edgegate.gated import default_language_codes, estimate_tokens, language_index, task_index
 from edgegate.models.costs import module_costs
-from edgegate.pipeline import MelWindow, Segment, Transcription, encoder_frames, mel_windows, to_samples
+from edgegate.pipeline import MelWindow, Transcription, encoder_frames, mel_windows, to_samples, transcribe_windows
 from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle, ModuleSpec
@@ -324,25 +323,10 @@ class Session:
         keep = self.check_mask(mask) if mask is not None else \
             self.plan(windows, language, task, budget, audio_ctx, len(samples) / SAMPLE_RATE)
         timings["predictor"] = time.perf_counter() - t1
-        segments: list[Segment] = []
-        probability = None
-        for window in windows:
-            t2 = time.perf_counter()
-            frames = encoder_frames(window.n_frames, audio_ctx)
-            _, cross = self.encode(window.mel[None, :, :frames], keep)
-            t3 = time.perf_counter()
-            result = decode(lambda c=cross: self.decoder_state(c, keep), self.tokenizer, self.dims["n_vocab"],
-                            language, task, beam_size, max_tokens=self.max_tokens)
-            timings["encoder"] += t3 - t2
-            timings["decoder"] += time.perf_counter() - t3
-            if language is None:  # detected once, on the first window, as Whisper does
-                language, probability = result.language, result.language_probs.get(result.language)
-            segments.append(Segment(window.start, window.end, self.tokenizer.decode(result.tokens).strip(),
-                                    result.tokens))
-        timings["total"] = time.perf_counter() - t0
-        text = " ".join(s.text for s in segments if s.text)
-        return Transcription(text, segments, language or "", probability, len(samples) / 16000, task,
-                             [bool(k) for k in keep], timings)
+        return transcribe_windows(windows, lambda mel: self.encode(mel, keep)[1],
+                                  lambda cross: self.decoder_state(cross, keep), self.tokenizer, self.dims["n_vocab"],
+                                  language, task, beam_size, self.max_tokens, audio_ctx, len(samples) / 16000,
+                                  [bool(k) for k in keep], timings, t0)
 
     # -- info --------------------------------------------------------------------------------
     @property
