@@ -265,19 +265,10 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edgegate.commands.live ...``: the same command without the top-level CLI."""
-    parser = argparse.ArgumentParser(prog="edgegate live", description=HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except EdgegateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """``python -m edgegate.commands.live ...`` = ``edgegate live ...`` (same parsing and error handling)."""
+    from edgegate.cli import main as cli_main
+
+    return cli_main(["live", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
