@@ -212,13 +212,7 @@ def _executorch_session(args):
         from edgegate.runtimes.bundle import Bundle
         from edgegate.runtimes.session import Session
 
-        gates = args.gates
-        if gates == "auto":
-            from edgegate.gated import shipped_gate_sets
-
-            gates = Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
-        elif gates == "none":
-            gates = None
+        gates = resolve_gates(args)
         out = ROOT / "bundles" / f"bench-{Path(args.model).name}-android{'-gated' if gates else ''}"
         try:
             Bundle.open(out)
@@ -231,6 +225,15 @@ def _executorch_session(args):
 
 
 _ET: dict = {}
+
+
+def resolve_gates(args) -> str | None:
+    """--gates as a gate-set name/path or None: auto = the model's shipped set if it has one."""
+    if args.gates == "auto":
+        from edgegate.gated import shipped_gate_sets
+
+        return Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
+    return None if args.gates == "none" else args.gates
 
 
 def _executorch_runner(args, clips: list[str], budget: float | None) -> Callable[[str], dict] | None:
@@ -374,13 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     refs = {utt: ref for utt, _, ref in listed}
     ref_model = WhisperModel(args.model, threads=args.threads)
 
-    gates = args.gates
-    if gates == "auto":
-        from edgegate.gated import shipped_gate_sets
-
-        gates = Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
-    elif gates == "none":
-        gates = None
+    gates = resolve_gates(args)
     suffix = "-gated" if gates else ""
     bundle_dir = Path(args.bundle) if args.bundle else ROOT / "bundles" / f"bench-{Path(args.model).name}-cpu{suffix}"
     if not args.bundle:

@@ -4,6 +4,7 @@ model, ~3.5 M parameters (mostly the 51865-token embedding, kept so the real tok
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from edgegate.models.whisper import ModelDims, Whisper
@@ -37,3 +38,10 @@ def tiny_predictor(n_modules: int, seed: int = 0, n_mels: int = 80):
         with torch.no_grad():
             pred.fc2.weight.normal_(0, 0.5)
     return pred.eval()
+
+
+def noise_clip(seconds: float = 2.5, seed: int = 0) -> np.ndarray:
+    """A 220-Hz tone in noise, float32 16 kHz: audio for tests where the words do not matter."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.1 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)

@@ -28,7 +28,7 @@ from edgegate.errors import BackendError, BundleError  # noqa: E402
 from edgegate.export import executorch_export  # noqa: E402
 from edgegate.export.executorch_export import export_executorch_bundle  # noqa: E402
 from edgegate.export.onnx_export import export_bundle, graph_jobs  # noqa: E402
-from edgegate.export.tiny import tiny_predictor, tiny_whisper  # noqa: E402
+from edgegate.export.tiny import noise_clip, tiny_predictor, tiny_whisper  # noqa: E402
 from edgegate.runtimes.backends import executorch as et_backend  # noqa: E402
 from edgegate.runtimes.backends import registry  # noqa: E402
 from edgegate.runtimes.bundle import Bundle  # noqa: E402
@@ -36,12 +36,6 @@ from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
 
 QUIET = dict(progress=False, log=lambda m: None)
-
-
-def noise_clip(seconds: float = 2.5, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(16000 * seconds)) / 16000
-    return (0.1 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,17 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import tiny_whisper  # noqa: E402
+from edgegate.export.tiny import noise_clip, tiny_whisper  # noqa: E402
 from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
 from edgegate.runtimes.backends.base import Module  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.tokenizer import WhisperTokenizer  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
-
-
-def noise_clip(seconds: float = 2.5, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(16000 * seconds)) / 16000
-    return (0.1 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
