@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        "the language has a package)")
     synth.add_argument("--text-file", action="append", default=[], metavar="LANG=FILE",
                        help="use FILE (UTF-8, one sentence per line) for LANG's transcribe items; repeatable")
+    synth.add_argument("--voices", default="", metavar="LIST",
+                       help="use only voices containing one of these comma-separated patterns, e.g. "
+                       "+f5,+m7,jm_kumo (default: every voice)")
+    synth.add_argument("--exclude-voices", default="", metavar="LIST",
+                       help="never use voices containing one of these patterns: keep held-out voices "
+                       "out of a training corpus")
     synth.add_argument("--workers", type=int, default=2, metavar="N", help="parallel synthesis calls (default: 2)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=run_synth)
@@ -92,8 +98,11 @@ def _text_files(specs: list[str]) -> dict[str, str]:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from edgegate.data.synth import build_corpus
+    from edgegate.data.synth import VoiceFilter, build_corpus
     from edgegate.data.texts import SOURCES
+
+    def patterns(text: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in text.split(",") if p.strip())
 
     sources = SOURCES if args.text_source == "all" else (args.text_source,)
     start = time.perf_counter()
@@ -101,6 +110,7 @@ def run_synth(args: argparse.Namespace) -> int:
         args.out, languages=args.languages, tasks=args.tasks, n_per_pair=args.per_pair, seed=args.seed,
         engines=args.engine, progress=not args.quiet, workers=args.workers, text_sources=sources,
         text_files=_text_files(args.text_file),
+        voice_filter=VoiceFilter(patterns(args.voices), patterns(args.exclude_voices)),
     )
     _print_counts(manifest, check_files=False)
     print(f"wrote {manifest} in {time.perf_counter() - start:.1f} s")

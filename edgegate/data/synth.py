@@ -111,21 +111,44 @@ def _item_id(lang: str, task: str, index: int, engine: str, voice: str, speed: f
     return f"{lang}-{_TASK_TAG[task]}-{index:05d}-{digest}"
 
 
-def _voices(engine: str, lang: str) -> list[str]:
+def _voices(engine: str, lang: str, voice_filter: VoiceFilter | None = None) -> list[str]:
     if engine == "espeak":
         base = tts.ESPEAK_LANG_VOICES[lang]
-        return [f"{b}+{v}" for b in base for v in tts.ESPEAK_VARIANTS]
-    return list(tts.KOKORO_VOICES)
+        voices = [f"{b}+{v}" for b in base for v in tts.ESPEAK_VARIANTS]
+    else:
+        voices = list(tts.KOKORO_VOICES)
+    return voice_filter.apply(voices) if voice_filter else voices
+
+
+@dataclass(frozen=True)
+class VoiceFilter:
+    """Which voices a corpus may use, so that a held-out set can have voices training never heard.
+
+    Patterns match a voice name when they occur in it: ``+f5`` matches every espeak language voice
+    with variant f5, ``jm_kumo`` one Kokoro voice.
+    """
+
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def apply(self, voices: list[str]) -> list[str]:
+        kept = [v for v in voices if (not self.only or any(p in v for p in self.only))
+                and not any(p in v for p in self.exclude)]
+        return kept
+
+    def describe(self) -> str:
+        return f"only {','.join(self.only) or 'any'}, excluding {','.join(self.exclude) or 'none'}"
 
 
 def plan_corpus(languages: str | Iterable[str], tasks: str | Iterable[str], n_per_pair: int, seed: int = 0,
                 engines: str | Sequence[str] = ("espeak",), text_sources: Sequence[str] = texts.SOURCES,
-                text_files: Mapping[str, str | os.PathLike] | None = None) -> list[PlanItem]:
+                text_files: Mapping[str, str | os.PathLike] | None = None,
+                voice_filter: VoiceFilter | None = None) -> list[PlanItem]:
     """The deterministic list of utterances; no audio is made.
 
     ``engines`` are resolved names (``espeak``, ``kokoro``); items alternate among them at random.
     ``text_files`` maps a language to a text file (one sentence per line) used for its
-    transcribe items instead of the built-in sources.
+    transcribe items instead of the built-in sources. ``voice_filter`` restricts the voices.
     """
     langs = validate_languages(languages)
     task_list = validate_tasks(tasks)
@@ -135,6 +158,11 @@ def plan_corpus(languages: str | Iterable[str], tasks: str | Iterable[str], n_pe
     for name in engine_list:
         if name not in tts.ENGINES:
             raise CorpusError(f"unknown TTS engine {name!r}; use one of {', '.join(tts.ENGINES)}")
+    for name in engine_list:
+        for lang in langs:
+            if not _voices(name, lang, voice_filter):
+                raise CorpusError(f"no {name} voice for {lang} is left by the voice filter "
+                                  f"({voice_filter.describe()}): loosen --voices/--exclude-voices")
     text_files = dict(text_files or {})
     for lang in text_files:
         if lang not in langs:
@@ -154,7 +182,7 @@ def plan_corpus(languages: str | Iterable[str], tasks: str | Iterable[str], n_pe
         rng = random.Random(f"edgegate-voices:{seed}:{lang}:{task}")
         for index, item in enumerate(items):
             engine = engine_list[rng.randrange(len(engine_list))]
-            voice = rng.choice(_voices(engine, lang))
+            voice = rng.choice(_voices(engine, lang, voice_filter))
             speed = round(rng.uniform(*SPEED_RANGE), 2)
             pitch = rng.randint(*PITCH_RANGE)
             plan.append(PlanItem(
@@ -203,12 +231,13 @@ def build_corpus(out_dir: str | os.PathLike, languages: str | Iterable[str] = SU
                  tasks: str | Iterable[str] = TASKS, n_per_pair: int = 50, seed: int = 0,
                  engines: str | Sequence[str] = ("espeak",), progress: bool = True, workers: int = 2,
                  text_sources: Sequence[str] = texts.SOURCES,
-                 text_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+                 text_files: Mapping[str, str | os.PathLike] | None = None,
+                 voice_filter: VoiceFilter | None = None) -> Path:
     """Build (or resume) a synthetic corpus in ``out_dir``; returns the manifest's path.
 
     Raises ``CorpusError``/``TextSourceError``/``TTSError`` (all ``EdgegateError``) with the fix.
     """
-    plan = plan_corpus(languages, tasks, n_per_pair, seed, engines, text_sources, text_files)
+    plan = plan_corpus(languages, tasks, n_per_pair, seed, engines, text_sources, text_files, voice_filter)
     engine_objs = {name: tts.get_engine(name) for name in sorted({it.engine for it in plan})}
     out = Path(out_dir)
     for lang in sorted({it.lang for it in plan}):
