@@ -211,7 +211,9 @@ class TextDecoder(nn.Module):
                 for i, block in enumerate(self.blocks)]
 
     def forward(self, tokens: Tensor, cross_kv: list, gates: list[Gate], adapters: list,
-                cache: dict | None = None) -> Tensor:
+                cache: dict | None = None, hidden: list | None = None) -> Tensor:
+        """Logits (B, t, vocab); ``hidden``, when given, receives every block's output and the final
+        normalised state (the targets of knowledge-preserving adaptation)."""
         offset = cache.get("offset", 0) if cache is not None else 0
         t = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + t]
@@ -222,9 +224,13 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cross_kv[i], mask, tuple(gates[3 * i: 3 * i + 3]), cache, i,
                       tuple(adapters[3 * i: 3 * i + 3]))
+            if hidden is not None:
+                hidden.append(x)
         if cache is not None:
             cache["offset"] = offset + t
         x = self.ln(x)
+        if hidden is not None:
+            hidden.append(x)
         return x @ self.token_embedding.weight.to(x.dtype).T
 
 
@@ -277,10 +283,10 @@ class Whisper(nn.Module):
         return self.decoder.cross_kv(audio_features, per_module[self.n_encoder_gates:])
 
     def decode(self, tokens: Tensor, cross_kv: list, gates: Tensor | list[Gate] | None = None,
-               cache: dict | None = None) -> Tensor:
+               cache: dict | None = None, hidden: list | None = None) -> Tensor:
         per_module = gates if isinstance(gates, list) else self.split_gates(gates)
         return self.decoder(tokens, cross_kv, per_module[self.n_encoder_gates:],
-                            self._adapters()[self.n_encoder_gates:], cache)
+                            self._adapters()[self.n_encoder_gates:], cache, hidden)
 
     def forward(self, mel: Tensor, tokens: Tensor, gates: Tensor | None = None) -> Tensor:
         """Full teacher-forced logits (B, T, vocab)."""
