@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from edgegate.errors import EdgegateError
 from edgegate.models.whisper import Whisper
+from edgegate.weight_delta import model_fingerprint
 
 DROP_SCOPES = ("none", "encoder", "decoder", "both")
 TRAIN_SETS = ("blocks", "encoder")
@@ -108,17 +109,6 @@ class Targets:
     tokens: list[int]  # the teacher's greedy tokens (no <|endoftext|>)
     finished: bool  # the teacher ended within max_tokens (loops make bad targets)
     hidden: np.ndarray  # (n_text_layer + 1, len(prompt) + len(tokens), d) float16
-
-
-def model_fingerprint(model: Whisper) -> str:
-    """A short hash of the weights, so that caches and deltas never meet another model's."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        if "skip_adapters" in k:
-            continue
-        h.update(k.encode())
-        h.update(v.detach().flatten()[:256].float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def window_mel(samples: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
@@ -468,13 +458,15 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
 def write_result(out: Path, params: dict[str, torch.nn.Parameter], base: dict[str, torch.Tensor],
                  cfg: AdaptConfig, fingerprint: str, step: int, history: list[dict]) -> None:
     """The shippable result as of ``step``: int8 weight deltas and ``adapt.json`` (both atomic)."""
+    from edgegate.runtimes.bundle import sha256_file
     from edgegate.weight_delta import save_delta
 
     meta = {"base_model": cfg.model, "base_fingerprint": fingerprint, "audio_ctx_margin": str(cfg.margin[1]),
             "steps": str(step)}
-    save_delta({k: p.detach() for k, p in params.items()}, base, out / DELTA_FILE, meta)
+    path = save_delta({k: p.detach() for k, p in params.items()}, base, out / DELTA_FILE, meta)
     spec = {"base_model": cfg.model, "base_fingerprint": fingerprint, "audio_ctx": cfg.margin[1],
-            "delta": DELTA_FILE, "steps_done": step, "config": asdict(cfg), "last_log": history[-1:]}
+            "delta": DELTA_FILE, "delta_sha256": sha256_file(path), "steps_done": step, "config": asdict(cfg),
+            "last_log": history[-1:]}
     tmp = out / ".adapt.json.tmp"
     tmp.write_text(json.dumps(spec, indent=1) + "\n")
     os.replace(tmp, out / "adapt.json")

@@ -8,6 +8,7 @@ its metadata, and applying it to any other model is refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,17 @@ import torch
 from edgegate.errors import ModelError
 
 DELTA_FORMAT = "edgegate-weight-delta-int8"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the weights, so that caches and deltas never meet another model's."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if "skip_adapters" in k:
+            continue
+        h.update(k.encode())
+        h.update(v.detach().flatten()[:256].float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def quantize_delta(delta: torch.Tensor) -> dict[str, torch.Tensor]:

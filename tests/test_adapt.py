@@ -93,6 +93,30 @@ def test_dynamic_context_loss_falls(corpus, tiny_pt, tokenizer, tmp_path):
     assert all(16 <= r["margin"] <= 64 for r in log(out))
     spec = json.loads((out / "adapt.json").read_text())
     assert spec["steps_done"] == 48 and spec["audio_ctx"] == 64
+    check_adapted_model_loads(out, tiny_pt)
+
+
+def check_adapted_model_loads(out: Path, tiny_pt: Path) -> None:
+    """The adapt directory is a model: base + delta, the context rule, and a SHA-256-checked delta."""
+    from safetensors.torch import load_file
+
+    from edgegate.models.loaders import load_whisper
+
+    model = load_whisper(out)
+    assert model.default_audio_ctx == 64 and load_whisper(tiny_pt).default_audio_ctx is None
+    trained = load_file(str(out / "checkpoint" / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    base = dict(load_whisper(tiny_pt).named_parameters())
+    moved = [k for k in trained if not torch.equal(trained[k], base[k])]
+    assert moved
+    for k in moved:
+        assert (params[k] - trained[k]).abs().max() <= (trained[k] - base[k]).abs().max() / 100 + 1e-7, k
+    delta = out / "adaptation.safetensors"
+    data = bytearray(delta.read_bytes())
+    data[-1] ^= 1
+    delta.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_whisper(out)
 
 
 def test_resume_gives_the_same_weights(corpus, tiny_pt, tokenizer, tmp_path):

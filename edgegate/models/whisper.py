@@ -243,6 +243,8 @@ class Whisper(nn.Module):
         self.gate_names = gate_names(dims)
         self.n_encoder_gates = 2 * dims.n_audio_layer
         self.skip_adapters = nn.ModuleDict()
+        # Encoder-context margin the weights were adapted to (None: Whisper's full 30-s window).
+        self.default_audio_ctx: int | None = None
 
     # -- gates -------------------------------------------------------------------------------
     def add_skip_adapters(self, rank: int = 32, names: list[str] | None = None) -> None:
