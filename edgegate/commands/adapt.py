@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-cache", default=None, metavar="DIR",
                    help="where the teacher's targets are cached (default: the user cache dir, per model)")
     p.add_argument("--steps", type=int, default=4000, help="steps (one utterance per process each)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="use each utterance for N consecutive steps, with fresh augmentation, margin and drops "
+                        "(the teacher costs ~2 student steps: N=2 gives more updates per CPU-hour)")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (warm-up, cosine decay)")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--margin", default="16,64", metavar="LO,HI",
@@ -75,8 +78,9 @@ def config_from_args(args: argparse.Namespace):
         raise AdaptError(f"bad --margin {args.margin!r}: pass LO,HI encoder positions such as 16,64") from None
     return AdaptConfig(
         manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
-        steps=args.steps, lr=args.lr, warmup=args.warmup, margin=(lo, hi), drop_scope=args.drop_scope,
-        drop_max=args.drop_max, p_dense=args.p_dense, train=args.train, kl_weight=args.kl_weight,
+        steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
+        drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, train=args.train,
+        kl_weight=args.kl_weight,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
         stop_after=args.stop_after, threads=args.threads, progress=not args.no_progress,
