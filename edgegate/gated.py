@@ -3,8 +3,9 @@
     from edgegate.gated import load_gated
     gw = load_gated("whisper-base")            # shipped predictor + skip adapters (edgegate/assets)
     gw = load_gated("runs/gates")              # or the output directory of `edgegate train-gates`
-    result = gw.transcribe("clip.wav", language="en", budget=0.25)
-    result.mask                                # kept modules, in gw.gate_names order
+    segments, info = gw.transcribe("talk.wav", language="en", budget=0.25)   # long-form, lazy segments
+    info.plan["mask"]                          # kept modules, in gw.gate_names order
+    result = gw.transcribe_windows("clip.wav", language="en", budget=0.25)  # 30-s windows, no timestamps
 
 The request path, shared with the torch-free runtime (which re-implements it on numpy):
 1. log-mel of the audio padded by 30 s (Whisper's frontend); the *real* frames are those before
@@ -248,10 +249,39 @@ class GatedWhisper:
         mask = plan_mask(names, costs, scores, budget, scope or self.spec.scope, self.pinned)
         return mask, scores, costs
 
-    def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None,
-                   task: str = "transcribe", budget: float = 0.0, beam_size: int = 1,
-                   scope: str | None = None, audio_ctx: int | None | str = "trained"):
-        """Like ``WhisperModel.transcribe``, with the modules the predictor and budget pick.
+    def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None, task: str = "transcribe",
+                   budget: float = 0.0, scope: str | None = None, audio_ctx: int | None | str = "trained", **kwargs):
+        """``segments, info`` as ``WhisperModel.transcribe``, with the modules the predictor and budget pick.
+
+        One plan per request, from the first 30 s of audio (``info.plan``); the other keywords are
+        ``WhisperModel.transcribe``'s (temperature, word_timestamps, vad_filter, beam_size, ...).
+        """
+        import time
+
+        from edgegate.audiostream import head_samples
+
+        t0 = time.perf_counter()
+        if language is not None:
+            language = self.tokenizer.normalize_language(language)
+        ctx = self.audio_ctx if audio_ctx == "trained" else audio_ctx
+        mask, _, _ = self.plan(head_samples(audio, sample_rate, 30.0), language, task, budget, scope, ctx)
+        t_plan = time.perf_counter() - t0
+        segments, info = self.wm.transcribe(audio, sample_rate, language=language, task=task,
+                                            mask=None if mask.all() else mask, audio_ctx=ctx, **kwargs)
+        info.plan.update(mask=[bool(m) for m in mask], budget=budget)
+        info.timings["plan"] = t_plan
+        return segments, info
+
+    def transcribe_text(self, audio, sample_rate: int = 16000, **kwargs):
+        """``transcribe()`` run to the end: a ``Transcription`` with the joined text."""
+        from edgegate.pipeline import collect
+
+        return collect(*self.transcribe(audio, sample_rate, **kwargs))
+
+    def transcribe_windows(self, audio, sample_rate: int = 16000, language: str | None = None,
+                           task: str = "transcribe", budget: float = 0.0, beam_size: int = 1,
+                           scope: str | None = None, audio_ctx: int | None | str = "trained"):
+        """Like ``WhisperModel.transcribe_windows``, with the modules the predictor and budget pick.
 
         ``budget`` 0 runs dense (bit-identical to the base model; adapters run only in place of a
         skipped module). The encoder context is trimmed as in training (``audio_ctx="trained"``,
@@ -270,8 +300,8 @@ class GatedWhisper:
         ctx = self.audio_ctx if audio_ctx == "trained" else audio_ctx
         mask, _, _ = self.plan(samples, language, task, budget, scope, ctx)
         t_plan = time.perf_counter() - t0
-        result = self.wm.transcribe(samples, 16000, language, task, beam_size,
-                                    mask=None if mask.all() else mask, audio_ctx=ctx)
+        result = self.wm.transcribe_windows(samples, 16000, language, task, beam_size,
+                                            mask=None if mask.all() else mask, audio_ctx=ctx)
         result.mask = [bool(m) for m in mask]
         result.timings["plan"] = t_plan
         result.timings["total"] = time.perf_counter() - t0

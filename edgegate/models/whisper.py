@@ -63,6 +63,10 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tenso
 
 
 class MultiHeadAttention(nn.Module):
+    # Set to a list to have ``attend`` append its pre-softmax scores (B, H, Tq, Tk): word timestamps read
+    # the alignment heads' cross-attention this way. None (the default) computes nothing extra.
+    qk_sink: list | None = None
+
     def __init__(self, n_state: int, n_head: int):
         super().__init__()
         self.n_head = n_head
@@ -81,6 +85,8 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         q = self.split_heads(self.query(x))
+        if self.qk_sink is not None:
+            self.qk_sink.append((q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(o.transpose(1, 2).flatten(2))
 
