@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     p.add_argument("--model", default="whisper-base",
                    help="registered model name or a checkpoint path: CTranslate2 dir, transformers dir, "
-                        "OpenAI .pt (default: whisper-base, shipped with the install)")
+                        "OpenAI .pt, OWSM (ESPnet) dir (default: whisper-base, shipped with the install)")
     p.add_argument("--language", default=None,
                    help="language code or name (en, de, German...); default: detect from the first 30 s")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
@@ -96,9 +96,12 @@ def load_transcriber(args: argparse.Namespace) -> Transcribe:
                  "initial_prompt": args.initial_prompt}
     if args.bundle:
         return _bundle_transcriber(args, opts)
+    from edgegate.models.owsm_config import is_owsm_dir
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
 
+    if is_owsm_dir(resolve_model(args.model)):
+        return _owsm_transcriber(args, opts)
     if args.language is not None:  # fail once, before loading weights or reading any file
         WhisperTokenizer.from_file(tokenizer_path(resolve_model(args.model))).normalize_language(args.language)
     if args.budget:
@@ -126,6 +129,27 @@ def _bundle_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Trans
 
     def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
         r = session.transcribe(load_audio(path), 16000, **opts)
+        info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
+                                 plan={"mask": r.mask}, timings=r.timings)
+        return iter(r.segments), info
+
+    return transcribe
+
+
+def _owsm_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcribe:
+    """An OWSM (ESPnet) checkpoint directory, dense, on the PyTorch path: fixed windows without timestamps."""
+    from edgegate.audio import load_audio
+    from edgegate.models.owsm_transcriber import OwsmModel
+
+    if args.budget or args.word_timestamps or args.vad or args.initial_prompt:
+        raise EdgegateError("--budget, --word-timestamps, --vad and --initial-prompt are Whisper-only for now; "
+                            "drop them for an OWSM model")
+    model = OwsmModel(args.model, threads=args.threads)
+    if args.language is not None:  # fail once, before reading any file
+        model.tokenizer.normalize_language(args.language)
+
+    def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        r = model.transcribe(load_audio(path), 16000, **opts)
         info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
                                  plan={"mask": r.mask}, timings=r.timings)
         return iter(r.segments), info

@@ -15,7 +15,6 @@ after ``<sos>``).
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,6 @@ from edgegate.pipeline import Segment, Transcription, to_samples
 from edgegate.transcriber import TorchDecoderState
 
 MIN_LAST_WINDOW = 0.2  # seconds: a shorter tail after a full window is dropped (ESPnet's decode_long)
-
-
-def _segment(index: int, start: float, end: float, text: str, tokens: list[int]) -> Segment:
-    # Keywords only, and an id where pipeline.Segment has one (the long-form work adds it).
-    extra = {"id": index} if "id" in {f.name for f in fields(Segment)} else {}
-    return Segment(start=start, end=end, text=text, tokens=tokens, **extra)
 
 
 class OwsmModel:
@@ -85,6 +78,7 @@ class OwsmModel:
         self.tokenizer.task_token(task)  # an unknown task fails before any audio is processed
         samples = to_samples(audio, sample_rate)
         gates = self.mask_to_gates(mask)
+        segment_mask = None if mask is None else [bool(m) for m in mask]
         timings = {"frontend": 0.0, "encoder": 0.0, "decoder": 0.0}
         segments, probability = [], None
         sr = self.frontend.sample_rate
@@ -102,9 +96,10 @@ class OwsmModel:
             if language is None:
                 language, probability = result.language, result.language_probs.get(result.language)
             end = start + len(chunk) / sr
-            segments.append(_segment(len(segments), start, end, self.tokenizer.decode(result.tokens), result.tokens))
+            segments.append(Segment(id=len(segments), start=start, end=end, text=self.tokenizer.decode(result.tokens),
+                                    tokens=result.tokens, avg_logprob=result.avg_logprob, mask=segment_mask))
         timings["total"] = time.perf_counter() - t0
         text = " ".join(s.text for s in segments if s.text)
         return Transcription(text=text, segments=segments, language=language or "",
                              language_probability=probability, duration=len(samples) / sr, task=task,
-                             mask=None if mask is None else [bool(m) for m in mask], timings=timings)
+                             mask=segment_mask, timings=timings)
