@@ -75,7 +75,7 @@ def run_items(rows: dict, items: list[dict], max_tokens: int, label: str) -> dic
     for item in tqdm(items, desc=label, unit="utt", file=sys.stderr):
         for name, (model, ctx) in rows.items():
             t0 = time.perf_counter()
-            r = model.transcribe(item["audio"], language=item["lang"], task=item["task"], audio_ctx=ctx)
+            r = model.transcribe_windows(item["audio"], language=item["lang"], task=item["task"], audio_ctx=ctx)
             out[name].append({"id": item["id"], "text": r.text, "n_tokens": len(r.tokens),
                               "loop": len(r.tokens) >= max_tokens, "encoder_s": r.timings.get("encoder", 0.0),
                               "total_s": time.perf_counter() - t0})
