@@ -336,8 +336,8 @@ def transcribe_long(audio, ports: ModelPorts, opts: LongformOptions, n_mels: int
 
 
 def _to_original(segment: Segment, speech_map) -> None:
-    segment.start = round(speech_map.original(segment.start), 3)
-    segment.end = round(speech_map.original(segment.end, is_end=True), 3)
+    start, end = speech_map.span(segment.start, segment.end)
+    segment.start, segment.end = round(start, 3), round(end, 3)
     for w in segment.words or []:
         w.start = round(speech_map.original(w.start), 3)
         w.end = round(speech_map.original(w.end, is_end=True), 3)

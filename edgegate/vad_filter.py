@@ -65,10 +65,33 @@ class SpeechMap:
         if not self.chunks:
             return t
         s = int(round(t * SAMPLE_RATE))
-        i = bisect.bisect_left(self.ends, s) if is_end else bisect.bisect_right(self.ends, s)
-        i = min(i, len(self.chunks) - 1)
+        i = self.chunk_index(t, is_end)
         before = self.ends[i - 1] if i else 0
         return (self.chunks[i][0] + (s - before)) / SAMPLE_RATE
+
+
+    def chunk_index(self, t: float, is_end: bool = False) -> int:
+        s = int(round(t * SAMPLE_RATE))
+        i = bisect.bisect_left(self.ends, s) if is_end else bisect.bisect_right(self.ends, s)
+        return min(i, len(self.chunks) - 1)
+
+    def span(self, start: float, end: float, edge: float = 0.9) -> tuple[float, float]:
+        """A segment's (start, end) in the original audio.
+
+        Whisper often starts a segment at the end of the previous one; on joined speech that start
+        can sit in the padding of the chunk before, with the words in the next chunk, so the span
+        would cover the removed silence. A start whose part in its chunk is shorter than ``edge``
+        seconds (and than the rest of the segment) moves to the next chunk's start.
+        """
+        a, b = self.original(start), self.original(end, is_end=True)
+        if not self.chunks:
+            return a, b
+        i, j = self.chunk_index(start), self.chunk_index(end, is_end=True)
+        if j > i:
+            head = self.ends[i] / SAMPLE_RATE - start
+            if head < edge and head < end - start - head:
+                a = self.chunks[i + 1][0] / SAMPLE_RATE
+        return a, b
 
 
 class SpeechSource:
