@@ -236,7 +236,7 @@ def beam_search(state: DecoderState, logits: np.ndarray, rules: TokenRules, eot:
     scores = [0.0]
     finished: dict[tuple[int, ...], float] = {}
     steps = 0
-    for _ in range(budget):
+    for i in range(budget):
         logprobs = log_softmax(rules(logits, [list(b) for b in beams]))
         candidates: dict[tuple[int, ...], tuple[float, int]] = {}
         for b, seq in enumerate(beams):
@@ -256,8 +256,10 @@ def beam_search(state: DecoderState, logits: np.ndarray, rules: TokenRules, eot:
                 break
         if len(finished) >= beam_size or not next_beams:
             break
-        state.reorder(np.array(sources, dtype=np.int64))
         beams, scores = next_beams, next_scores
+        if i == budget - 1:  # the last token sampled is never fed back
+            break
+        state.reorder(np.array(sources, dtype=np.int64))
         logits = state.step(np.array([[seq[-1]] for seq in beams], dtype=np.int64))
         steps += 1
     if not finished:  # ran out of length: rank the unfinished beams too
@@ -272,8 +274,9 @@ def decode_window(new_state: Callable[[], DecoderState], tokenizer: WhisperToken
     if opts.task not in ("transcribe", "translate"):
         raise EdgegateError(f"unknown task {opts.task!r}; use one of: transcribe, translate")
     tokens, sot_index = initial_tokens(tokenizer, opts)
-    # Whisper stops once the sequence would pass the text context; the prompt eats into that.
-    budget = max(1, min(opts.max_tokens, opts.n_text_ctx - len(tokens)))
+    # Whisper stops once the sequence passes the text context (the last token sampled is never fed back),
+    # so the prompt eats into the tokens a window may sample.
+    budget = max(1, min(opts.max_tokens, opts.n_text_ctx - len(tokens) + 1))
     state = new_state()
     logits, no_speech = start_state(state, tokens, sot_index, tokenizer.no_speech)
     rules = TokenRules(tokenizer, n_vocab, opts.timestamps, opts.max_initial_timestamp, opts.suppress_blank)
