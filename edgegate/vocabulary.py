@@ -256,7 +256,8 @@ class VocabularyShards:
         path = Path(path)
         if not path.is_file():
             raise VocabularyError(f"vocabulary shard file {path} not found; build it with "
-                                  "python benchmarks/vocab_coverage.py --build (or export without shards)")
+                                  "edgegate.vocabulary.build_shards (python benchmarks/vocab_coverage.py writes "
+                                  "edgegate/assets/vocab) or decode with the full vocabulary")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))

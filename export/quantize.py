@@ -182,6 +182,7 @@ def quantize_module(src: str | os.PathLike, dst: str | os.PathLike, method: str 
     if weight_type not in ("int8", "uint8"):
         raise QuantizeError(f"weight_type must be int8 or uint8, got {weight_type!r}")
     model = _load(src)
+    src_bytes = src.stat().st_size  # before the rename: src and dst may be the same file
     names = [n.name for n in weight_matmuls(model) if n.name not in set(exclude)]
     unnamed = [n for n in weight_matmuls(model) if not n.name]
     if unnamed:
@@ -214,4 +215,4 @@ def quantize_module(src: str | os.PathLike, dst: str | os.PathLike, method: str 
         raise QuantizeError(f"cannot quantise {src} with {method!r} ({first})") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return QuantizeResult(method, src, dst, src.stat().st_size, dst.stat().st_size, converted, ops)
+    return QuantizeResult(method, src, dst, src_bytes, dst.stat().st_size, converted, ops)

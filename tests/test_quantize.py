@@ -105,6 +105,13 @@ def test_qdq_without_calibration_is_a_one_line_error(graph, tmp_path):
     assert not list(tmp_path.glob("*qdq*"))  # nothing half-written
 
 
+def test_in_place_rewrite_reports_the_original_size(graph):
+    before = graph.stat().st_size
+    res = quantize_module(graph, graph, "dynamic")
+    assert res.src_bytes == before and res.dst_bytes == graph.stat().st_size < before
+    assert not [p for p in graph.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
 def test_exclude_keeps_a_matmul_in_fp32(graph, tmp_path):
     res = quantize_module(graph, tmp_path / "ex.onnx", "nbits8", exclude=["fc2"])
     assert res.weights == 1 and res.ops["MatMul"] == 1 and res.ops["MatMulNBits"] == 1
