@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+import json
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -33,11 +34,51 @@ LANGUAGES = {
 TASKS = ("transcribe", "translate")
 
 
+@lru_cache(maxsize=1)
+def byte_chars() -> tuple[str, ...]:
+    """The printable character byte-level BPE uses for each byte value (GPT-2's reversible map)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {}
+    extra = 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return tuple(chars[b] for b in range(256))
+
+
+def restore_missing_merges(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer with the BPE merges its vocabulary implies but its merge list lacks, restored.
+
+    The whisper-base ``tokenizer.json`` shipped with the CTranslate2 weights lacks GPT-2's first merge
+    ("Ġ t"; 49,999 merges for 50,000), so it encodes " the" as "Ġ" + "the" where Whisper emits " the"
+    (openai-whisper's tiktoken agrees), and prompts and prefixes reach the model as token sequences it
+    never saw. A two-byte token of the vocabulary that no merge makes is restored at the front (rank 0,
+    where GPT-2 has "Ġ t"). Decoding never needed merges, so only encoding changes.
+    """
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model", {})
+    merges = model.get("merges")
+    if model.get("type") != "BPE" or not merges:
+        return tokenizer
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+    made = {a + b for a, b in pairs}
+    base = set(byte_chars())
+    missing = [t for t in model["vocab"] if len(t) == 2 and t not in made and t[0] in base and t[1] in base]
+    if not missing:
+        return tokenizer
+    fixed = [f"{t[0]} {t[1]}" if isinstance(merges[0], str) else [t[0], t[1]] for t in missing]
+    model["merges"] = fixed + list(merges)
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 class WhisperTokenizer:
     """Text <-> token ids plus Whisper's special tokens, read from a ``tokenizer.json``."""
 
     def __init__(self, tokenizer: Tokenizer):
-        self._tok = tokenizer
+        self._tok = restore_missing_merges(tokenizer)
         ids = {name: tokenizer.token_to_id(f"<|{name}|>") for name in (
             "endoftext", "startoftranscript", "translate", "transcribe", "startoflm", "startofprev",
             "notimestamps")}

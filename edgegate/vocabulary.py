@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgegate.errors import EdgegateError
-from edgegate.tokenizer import LANGUAGES, TASKS, WhisperTokenizer
+from edgegate.tokenizer import LANGUAGES, TASKS, WhisperTokenizer, byte_chars, restore_missing_merges
 
 FORMAT = 1
 SHARD_LANGUAGES = ("en", "de", "es", "fr", "it")
@@ -51,23 +51,8 @@ def _raw(tokenizer: WhisperTokenizer | Any) -> Any:
 
 
 @lru_cache(maxsize=1)
-def _byte_chars() -> tuple[str, ...]:
-    """The printable character byte-level BPE uses for each byte value (GPT-2's reversible map)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = {}
-    extra = 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return tuple(chars[b] for b in range(256))
-
-
-@lru_cache(maxsize=1)
 def _byte_index() -> dict[str, int]:
-    return {c: b for b, c in enumerate(_byte_chars())}
+    return {c: b for b, c in enumerate(byte_chars())}
 
 
 def token_bytes(tokenizer: WhisperTokenizer | Any, token_id: int) -> bytes | None:
@@ -94,7 +79,7 @@ def always_tokens(tokenizer: WhisperTokenizer, n_vocab: int) -> np.ndarray:
     """Ids every shard holds: specials and timestamps (>= <|endoftext|>), single bytes, letterless tokens."""
     keep = set(range(tokenizer.eot, n_vocab))
     raw = _raw(tokenizer)
-    for ch in _byte_chars():
+    for ch in byte_chars():
         i = raw.token_to_id(ch)
         if i is not None:
             keep.add(i)
@@ -128,37 +113,10 @@ def word_variants(words: Iterable[str], cases: Sequence[str] = CASES) -> list[st
     return sorted(out)
 
 
-_ENCODERS: dict[int, tuple[Any, Any, int]] = {}
-
-
 def text_encoder(tokenizer: WhisperTokenizer | Any) -> Any:
-    """A ``tokenizers.Tokenizer`` that splits text into the tokens the model emits.
-
-    The whisper-base ``tokenizer.json`` shipped with the CTranslate2 weights lacks GPT-2's first BPE
-    merge ("Ġ t"; 49,999 merges for 50,000), so it encodes " the" as "Ġ" + "the" where Whisper emits
-    " the" (openai-whisper's tiktoken agrees). A merge whose two-character token is in the vocabulary
-    but made by no merge is restored at the front (rank 0, where GPT-2 has "Ġ t"); decoding never
-    needed merges, so only encoding changes.
-    """
-    from tokenizers import Tokenizer
-
-    raw = _raw(tokenizer)
-    hit = _ENCODERS.get(id(raw))
-    if hit is not None and hit[0] is raw:
-        return hit[1]
-    spec = json.loads(raw.to_str())
-    merges = spec["model"]["merges"]
-    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
-    made = {a + b for a, b in pairs}
-    base = set(_byte_chars())
-    missing = [t for t in spec["model"]["vocab"] if len(t) == 2 and t not in made and t[0] in base and t[1] in base]
-    encoder = raw
-    if missing:
-        fixed = [f"{t[0]} {t[1]}" if merges and isinstance(merges[0], str) else [t[0], t[1]] for t in missing]
-        spec["model"]["merges"] = fixed + list(merges)
-        encoder = Tokenizer.from_str(json.dumps(spec))
-    _ENCODERS[id(raw)] = (raw, encoder, len(missing))
-    return encoder
+    """A ``tokenizers.Tokenizer`` that splits text into the tokens the model emits (see
+    ``edgegate.tokenizer.restore_missing_merges``: a ``WhisperTokenizer`` is already repaired)."""
+    return restore_missing_merges(_raw(tokenizer))
 
 
 def text_token_ids(tokenizer: WhisperTokenizer, texts: Iterable[str]) -> set[int]:
