@@ -148,8 +148,8 @@ def _export():
     if not HAS_TORCH:
         out["note"] = "no torch here: only $BUNDLE is used"
         return out
-    from edgegate.export.onnx_export import export_bundle
-    from edgegate.export.tiny import tiny_predictor, tiny_whisper
+    from edgegate.export.core import export_bundle
+    from tiny import tiny_predictor, tiny_whisper
     t = time.time()
     m = tiny_whisper()
     bundles["tiny"] = export_bundle(work / "device-tiny-jetson", "jetson", m, gates=tiny_predictor(len(m.gate_names)),

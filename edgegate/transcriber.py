@@ -17,7 +17,8 @@ import torch
 from edgegate.models.loaders import load_whisper
 from edgegate.models.registry import resolve_model, tokenizer_path
 from edgegate.models.whisper import Gate, Whisper
-from edgegate.pipeline import Transcription, mel_windows, to_samples, transcribe_windows
+from edgegate.pipeline import MelFeatures, Transcription, to_samples, transcribe_windows
+from edgegate.plan import Plan, encoder_frames
 from edgegate.tokenizer import WhisperTokenizer
 
 
@@ -82,18 +83,24 @@ class WhisperModel:
         if language is not None:
             language = self.tokenizer.normalize_language(language)
         samples = to_samples(audio, sample_rate)
-        gates = self.mask_to_gates(mask)
-        timings = {"frontend": 0.0, "encoder": 0.0, "decoder": 0.0}
         t_front = time.perf_counter()
-        windows = list(mel_windows(samples, self.model.dims.n_mels))
-        timings["frontend"] = time.perf_counter() - t_front
+        features = MelFeatures.of(samples, self.model.dims.n_mels)
+        timings = {"frontend": time.perf_counter() - t_front, "encoder": 0.0, "decoder": 0.0}
+        keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        plan = Plan(keep, audio_ctx, encoder_frames(features.request.frames, audio_ctx))
+        return self.run(features, plan, language, task, beam_size, timings, t0,
+                        None if mask is None else [bool(m) for m in mask])
+
+    def run(self, features: MelFeatures, plan: Plan, language: str | None, task: str, beam_size: int,
+            timings: dict[str, float], t0: float, mask: list[bool] | None) -> Transcription:
+        """Transcribe a request whose log-mel and plan are already computed (the gated model's path)."""
+        gates = self.mask_to_gates(None if plan.dense else plan.mask)
 
         def encode(mel: np.ndarray) -> list:
             with torch.inference_mode():
                 xa = self.model.embed_audio(torch.from_numpy(np.ascontiguousarray(mel)), gates)
                 return self.model.cross_kv(xa, gates)
 
-        return transcribe_windows(windows, encode, lambda cross: TorchDecoderState(self.model, cross, gates),
+        return transcribe_windows(features, plan, encode, lambda cross: TorchDecoderState(self.model, cross, gates),
                                   self.tokenizer, self.model.dims.n_vocab, language, task, beam_size,
-                                  self.model.dims.n_text_ctx // 2, audio_ctx, len(samples) / 16000,
-                                  None if mask is None else [bool(m) for m in mask], timings, t0)
+                                  self.model.dims.n_text_ctx // 2, timings, t0, mask)

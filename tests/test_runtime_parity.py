@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import noise_clip, tiny_whisper  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
+from tiny import noise_clip, tiny_whisper  # noqa: E402
 from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
 from edgegate.runtimes.backends.base import Module  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402

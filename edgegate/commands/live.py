@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import signal
 import sys
 import threading
-from typing import Any
 
 from edgegate.errors import EdgegateError
 
@@ -96,64 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# --------------------------------------------------------------------------- output
-
-
-class Console:
-    """Final lines on stdout; partials (one updating line), notices and the summary on stderr."""
-
-    def __init__(self, fmt: str = "text", out=None, err=None):
-        self.fmt = fmt
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self.live_line = self.err.isatty()
-        self._shown = False
-        self._lock = threading.Lock()
-
-    def _clear(self) -> None:
-        if self._shown:
-            self.err.write("\r\033[K")
-            self.err.flush()
-            self._shown = False
-
-    def partial(self, event) -> None:
-        with self._lock:
-            if self.fmt == "jsonl":
-                self._json({"type": "partial", "text": event.text, "start": round(event.start_s, 3),
-                            "duration": round(event.duration, 3), "tentative": event.tentative})
-            elif self.live_line and event.text:
-                width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-                line = ("» " if event.tentative else "… ") + event.text
-                if len(line) > width:
-                    line = "…" + line[-(width - 1):]
-                self.err.write("\r\033[K" + line)
-                self.err.flush()
-                self._shown = True
-
-    def final(self, event) -> None:
-        with self._lock:
-            self._clear()
-            if self.fmt == "jsonl":
-                self._json({"type": "final", "index": event.index, "text": event.text, "start": round(event.start_s, 3),
-                            "end": round(event.end_s, 3), "language": event.language,
-                            "latency": round(event.latency, 3), "text_latency": round(event.text_latency, 3),
-                            "compute": round(event.compute, 3), "kept": event.kept, "total": event.total,
-                            "budget": event.budget, "forced": event.forced})
-                return
-            budget = "" if event.budget is None else f", budget {event.budget:.1f}"
-            print(f"[{event.start_s:7.2f} -> {event.end_s:7.2f}] {event.text}  "
-                  f"(latency {event.latency:.2f} s, {event.modules()}{budget})", file=self.out, flush=True)
-
-    def info(self, message: str) -> None:
-        with self._lock:
-            self._clear()
-            print(message, file=self.err, flush=True)
-
-    def _json(self, obj: dict[str, Any]) -> None:
-        print(json.dumps(obj, ensure_ascii=False), file=self.out, flush=True)
-
-
-def list_devices(console: Console) -> int:
+def list_devices(console) -> int:
     from edgegate.live import NO_DEVICE_MESSAGE, list_input_devices
 
     try:
@@ -175,9 +115,10 @@ def list_devices(console: Console) -> int:
 # --------------------------------------------------------------------------- run
 
 
-def run(args: argparse.Namespace, console: Console | None = None) -> int:
+def run(args: argparse.Namespace, console=None) -> int:
     from edgegate.live import (
         NO_DEVICE_MESSAGE,
+        Console,
         FileSource,
         Final,
         KeyReader,

@@ -1,4 +1,4 @@
-"""A tiny random Whisper (and gate predictor) for tests, demos and CI: same code paths as the real
+"""A tiny random Whisper (and gate predictor) for the tests: same code paths as the real
 model, ~3.5 M parameters (mostly the 51865-token embedding, kept so the real tokenizer works).
 """
 
