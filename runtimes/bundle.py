@@ -29,7 +29,6 @@ bundle directory is ever opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 from edgegate.budget import Budget
 from edgegate.cost_model import CostTerms
 from edgegate.errors import BudgetError, BundleError
+from edgegate.files import sha256_file
 from edgegate.runtimes.schema import (
     FORMAT,
     MANIFEST,
@@ -62,16 +62,9 @@ from edgegate.runtimes.schema import (
 )
 
 MAX_MANIFEST_BYTES = 64 << 20
+__all__ = ["Bundle", "FileCheck", "read_manifest", "sha256_file", "MANIFEST", "FORMAT", "SCHEMA_VERSION"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PREDICTOR_INPUTS = ("stats", "lang", "task", "budget")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

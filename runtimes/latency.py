@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -42,6 +41,7 @@ import numpy as np
 
 from edgegate.cost_model import CostTerms, evaluate
 from edgegate.errors import EdgegateError
+from edgegate.files import write_text_atomic
 from edgegate.runtimes.execution import Runner, RunnerList
 from edgegate.runtimes.schema import STAGES
 
@@ -255,19 +255,8 @@ def write_latency_table(bundle_dir: str | Path, table: LatencyTable) -> Path:
     manifest = read_manifest(path)  # re-read: keep whatever else is on disk now
     manifest["costs"].update(table.to_costs())
     target = path / MANIFEST
-    mode = target.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes it 0600
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(target, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
+                             target.stat().st_mode & 0o777)
 
 
 def format_latency_table(profile: LatencyTable, terms: Mapping[str, CostTerms],

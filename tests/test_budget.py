@@ -10,8 +10,8 @@ import pytest
 from edgegate.budget import (
     SCOPES,
     Budget,
-    modules_in_scope,
     keep_mask,
+    modules_in_scope,
     skipped_fraction,
     validate_budget,
 )

@@ -26,15 +26,16 @@ pytest.importorskip("executorch", reason="ExecuTorch is not installed: pip insta
 
 from edgegate.errors import BackendError, BundleError  # noqa: E402
 from edgegate.export import executorch_export  # noqa: E402
-from edgegate.export.executorch_export import export_executorch_bundle  # noqa: E402
 from edgegate.export.core import export_bundle  # noqa: E402
+from edgegate.export.executorch_export import export_executorch_bundle  # noqa: E402
 from edgegate.export.whisper_graphs import module_jobs  # noqa: E402
-from tiny import noise_clip, tiny_predictor, tiny_whisper  # noqa: E402
 from edgegate.runtimes.backends import executorch as et_backend  # noqa: E402
 from edgegate.runtimes.backends import registry  # noqa: E402
 from edgegate.runtimes.bundle import Bundle  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import noise_clip, tiny_predictor, tiny_whisper  # noqa: E402
 
 QUIET = dict(progress=False, log=lambda m: None)
 

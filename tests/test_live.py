@@ -380,8 +380,9 @@ def tiny_bundle(tmp_path_factory):
     pytest.importorskip("torch")
     try:
         from edgegate.export.core import export_bundle
-        from tiny import tiny_predictor, tiny_whisper
         from edgegate.runtimes.session import Session  # noqa: F401
+
+        from tiny import tiny_predictor, tiny_whisper
     except ImportError as exc:
         pytest.skip(f"exporter or runtime not available: {exc}")
     model = tiny_whisper()

@@ -7,10 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edgegate.adaptation import ADAPTERS_FILE, save_adapters  # noqa: E402
 from edgegate.errors import BudgetError, EdgegateError  # noqa: E402
 from edgegate.export.core import export_bundle  # noqa: E402
-from tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
-from edgegate.adaptation import ADAPTERS_FILE, save_adapters  # noqa: E402
 from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec  # noqa: E402
 from edgegate.gated import load_gated  # noqa: E402
 from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
@@ -18,6 +17,8 @@ from edgegate.predictor import save_predictor  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.tokenizer import WhisperTokenizer  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
 
 
 def clip(seconds=2.0, seed=0):

@@ -11,8 +11,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgegate.errors import BundleError  # noqa: E402
 from edgegate.export.core import export_bundle  # noqa: E402
-from tiny import tiny_predictor, tiny_whisper  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
+
+from tiny import tiny_predictor, tiny_whisper  # noqa: E402
 
 
 @pytest.fixture(scope="module")

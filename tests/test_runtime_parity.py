@@ -7,12 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgegate.export.core import export_bundle  # noqa: E402
-from tiny import noise_clip, tiny_whisper  # noqa: E402
 from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
 from edgegate.runtimes.backends.base import Module  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.tokenizer import WhisperTokenizer  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import noise_clip, tiny_whisper  # noqa: E402
 
 
 @pytest.fixture(scope="module")

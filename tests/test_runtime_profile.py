@@ -16,11 +16,12 @@ from edgegate.budget import Budget, skipped_fraction  # noqa: E402
 from edgegate.cli import main  # noqa: E402
 from edgegate.errors import BudgetError  # noqa: E402
 from edgegate.export.core import export_bundle  # noqa: E402
-from tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
 from edgegate.pipeline import MelFeatures  # noqa: E402
 from edgegate.runtimes import latency  # noqa: E402
 from edgegate.runtimes.bundle import Bundle  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
+
+from tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
 
 ALWAYS_ON = ["encoder.stem", "encoder.ln_post", "decoder.embed", "decoder.logits"]
 FAST = ["--no-progress", "--threads", "1", "--repeats", "3"]

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from edgegate.export.core import export_bundle  # noqa: E402
+
 from tiny import tiny_predictor, tiny_whisper  # noqa: E402
 
 BLOCKER = textwrap.dedent('''

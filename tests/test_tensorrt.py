@@ -19,7 +19,6 @@ import pytest
 
 from edgegate.errors import BackendError
 from edgegate.runtimes.backends import registry
-from edgegate.runtimes.schema import TensorSpec
 from edgegate.runtimes.backends.tensorrt import (
     NOT_INSTALLED,
     TensorRTBackend,
@@ -29,6 +28,7 @@ from edgegate.runtimes.backends.tensorrt import (
     engine_jobs,
     shape_ranges,
 )
+from edgegate.runtimes.schema import TensorSpec
 
 HAS_TRT = TensorRTBackend.is_available()
 
@@ -45,6 +45,7 @@ def jobs_of(bundle: Path, max_batch: int | None = None, max_step_tokens: int | N
 def tiny_bundle(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     from edgegate.export.core import export_bundle
+
     from tiny import tiny_predictor, tiny_whisper
 
     model = tiny_whisper()
@@ -239,7 +240,6 @@ def test_build_engines_profiles_fp16_cache_and_reuse(tiny_bundle, fake_trt, tmp_
     backend = TensorRTBackend(precision="fp16", options={"engine_cache": str(cache)})
     assert backend.key == "nvidia-fake-gpu-sm87-trt10.99.0"
     records = backend.build_engines(tiny_bundle)
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     jobs = {j.file: j for j in jobs_of(tiny_bundle)}
     assert len(records) == len(jobs) == len(fake_trt.builds)
     for build in fake_trt.builds:

@@ -42,12 +42,12 @@ from __future__ import annotations
 from edgegate.live.engine import BUDGET_MAX, BUDGET_STEP, LiveTranscriber
 from edgegate.live.events import Final, LiveSummary, Notice, Partial
 from edgegate.live.sources import NO_DEVICE_MESSAGE, AudioSource, Block, FileSource, MicSource, list_input_devices
-from edgegate.live.terminal import Console, KeyReader
+from edgegate.live.terminal import Console, KeyReader, budget_keys, show_event
 from edgegate.live.transcribers import SessionTranscriber, TorchTranscriber, Transcriber, load_transcriber
 
 __all__ = [
     "Transcriber", "TorchTranscriber", "SessionTranscriber", "load_transcriber",
     "Block", "AudioSource", "MicSource", "FileSource", "list_input_devices", "NO_DEVICE_MESSAGE",
-    "Partial", "Final", "Notice", "LiveSummary", "LiveTranscriber", "KeyReader", "Console", "BUDGET_STEP",
-    "BUDGET_MAX",
+    "Partial", "Final", "Notice", "LiveSummary", "LiveTranscriber", "KeyReader", "Console", "budget_keys",
+    "show_event", "BUDGET_STEP", "BUDGET_MAX",
 ]

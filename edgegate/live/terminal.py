@@ -123,3 +123,33 @@ class Console:
 
     def _json(self, obj: dict[str, Any]) -> None:
         print(json.dumps(obj, ensure_ascii=False), file=self.out, flush=True)
+
+
+def budget_keys(live: Any, console: Console) -> Callable[[str], None]:
+    """The key handler of ``edgegate live``: + / - step the budget by 0.1, q stops after the utterance."""
+    from edgegate.errors import EdgegateError
+
+    def on_key(ch: str) -> None:
+        if ch in "+=-_":
+            try:
+                value = live.step_budget(0.1 if ch in "+=" else -0.1)
+                console.info(f"budget {value:.1f} (from the next utterance)")
+            except EdgegateError as exc:
+                console.info(f"budget unchanged: {exc}")
+        elif ch in "qQ":
+            console.info("stopping after the current utterance")
+            live.stop()
+
+    return on_key
+
+
+def show_event(console: Console, event: Any) -> None:
+    """One event of :meth:`edgegate.live.LiveTranscriber.run` on the console."""
+    from edgegate.live.events import Final, Notice, Partial
+
+    if isinstance(event, Partial):
+        console.partial(event)
+    elif isinstance(event, Final):
+        console.final(event)
+    elif isinstance(event, Notice):
+        console.info(("error: " if event.level == "error" else "") + event.message)
