@@ -149,6 +149,7 @@ def _export():
         out["note"] = "no torch here: only $BUNDLE is used"
         return out
     from edgegate.export.core import export_bundle
+    sys.path.insert(0, str(ROOT / "tests"))  # the tiny random model the tests share
     from tiny import tiny_predictor, tiny_whisper
     t = time.time()
     m = tiny_whisper()

@@ -44,7 +44,7 @@ def wrap(mod, name):
 
 
 seen = set()
-for mod in list(s.modules.values()) + list(s.adapters.values()) + [s._embed, s._logits]:
+for mod in list(s.modules.values()) + list(s.adapters.values()):
     if id(mod) not in seen:
         seen.add(id(mod))
         wrap(mod, names.get(id(mod), "?"))
