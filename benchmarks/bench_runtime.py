@@ -226,7 +226,7 @@ _ET: dict = {}
 def resolve_gates(args) -> str | None:
     """--gates as a gate-set name/path or None: auto = the model's shipped set if it has one."""
     if args.gates == "auto":
-        from edgegate.gated import shipped_gate_sets
+        from edgegate.gate_set import shipped_gate_sets
 
         return Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
     return None if args.gates == "none" else args.gates

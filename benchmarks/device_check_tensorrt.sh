@@ -158,7 +158,7 @@ def _export():
     out["tiny_export_s"] = round(time.time() - t, 1)
     t = time.time()
     try:
-        from edgegate.gated import shipped_gate_sets
+        from edgegate.gate_set import shipped_gate_sets
         gates = "whisper-base" if "whisper-base" in shipped_gate_sets() else None
         bundles["base"] = export_bundle(work / "device-base-jetson", "jetson", "whisper-base", gates=gates, force=True,
                                         progress=False, log=lambda s: None)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "report",
     "corpus",
     "train_gates",
+    "adapt",
     "eval",
 ]
 

@@ -3,12 +3,14 @@
     from edgegate.gated import load_gated
     gw = load_gated("whisper-base")            # shipped predictor + skip adapters (edgegate/assets)
     gw = load_gated("runs/gates")              # or the output directory of `edgegate train-gates`
-    result = gw.transcribe("clip.wav", language="en", budget=0.25)
-    result.mask                                # kept modules, in gw.gate_names order
+    segments, info = gw.transcribe("talk.wav", language="en", budget=0.25)   # long-form, lazy segments
+    info.plan["mask"]                          # kept modules, in gw.gate_names order
+    result = gw.transcribe_windows("clip.wav", language="en", budget=0.25)  # 30-s windows, no timestamps
 
 A request is planned by :mod:`edgegate.plan`, exactly as the torch-free runtime plans it; the
 model then runs with that mask, skipped modules replaced by their skip adapter if any
-(:mod:`edgegate.adaptation`). The log-mel is computed once per request.
+(:mod:`edgegate.adaptation`). On the fixed-window path the log-mel is computed once per request;
+the long-form path plans from the first 30 s before it streams the audio window by window.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from edgegate.budget import Budget, validate_budget
 from edgegate.errors import ModelError
 from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec, resolve_gates_dir
 from edgegate.models.costs import flop_costs
-from edgegate.pipeline import MelFeatures, Transcription, to_samples
+from edgegate.pipeline import MelFeatures, Transcription, collect, to_samples
 from edgegate.plan import Plan, Planner, default_language_codes, language_index, task_index
 from edgegate.transcriber import WhisperModel
 
@@ -76,10 +78,35 @@ class GatedWhisper:
         the_budget = Budget(validate_budget(budget), scope or self.spec.scope, "flops", self.pinned)
         return self.planner.plan(features.request, language, task, the_budget, ctx)
 
-    def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None,
-                   task: str = "transcribe", budget: float = 0.0, beam_size: int = 1,
-                   scope: str | None = None, audio_ctx: int | None | str = "trained") -> Transcription:
-        """Like ``WhisperModel.transcribe``, with the modules the predictor and budget pick.
+    def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None, task: str = "transcribe",
+                   budget: float = 0.0, scope: str | None = None, audio_ctx: int | None | str = "trained", **kwargs):
+        """``segments, info`` as ``WhisperModel.transcribe``, with the modules the predictor and budget pick.
+
+        One plan per request, from the first 30 s of audio (``info.plan``); the other keywords are
+        ``WhisperModel.transcribe``'s (temperature, word_timestamps, vad_filter, beam_size, ...).
+        """
+        from edgegate.audiostream import head_samples
+
+        t0 = time.perf_counter()
+        if language is not None:
+            language = self.tokenizer.normalize_language(language)
+        ctx = self.audio_ctx if audio_ctx == "trained" else audio_ctx
+        plan = self.plan(head_samples(audio, sample_rate, 30.0), language, task, budget, scope, ctx)
+        t_plan = time.perf_counter() - t0
+        segments, info = self.wm.transcribe(audio, sample_rate, language=language, task=task,
+                                            mask=None if plan.dense else plan.mask, audio_ctx=ctx, **kwargs)
+        info.plan.update(mask=plan.kept, budget=budget)
+        info.timings["plan"] = t_plan
+        return segments, info
+
+    def transcribe_text(self, audio, sample_rate: int = 16000, **kwargs) -> Transcription:
+        """``transcribe()`` run to the end: a ``Transcription`` with the joined text."""
+        return collect(*self.transcribe(audio, sample_rate, **kwargs))
+
+    def transcribe_windows(self, audio, sample_rate: int = 16000, language: str | None = None,
+                           task: str = "transcribe", budget: float = 0.0, beam_size: int = 1,
+                           scope: str | None = None, audio_ctx: int | None | str = "trained") -> Transcription:
+        """Like ``WhisperModel.transcribe_windows``, with the modules the predictor and budget pick.
 
         ``budget`` 0 runs dense (bit-identical to the base model; adapters run only in place of a
         skipped module). The encoder context is trimmed as in training (``audio_ctx="trained"``,
@@ -95,7 +122,7 @@ class GatedWhisper:
         t1 = time.perf_counter()
         plan = self.plan(features, language, task, budget, scope, audio_ctx)
         timings = {"frontend": t1 - t0, "plan": time.perf_counter() - t1, "encoder": 0.0, "decoder": 0.0}
-        return self.wm.run(features, plan, language, task, beam_size, timings, t0, plan.kept)
+        return self.wm.run_windows(features, plan, language, task, beam_size, timings, t0, plan.kept)
 
 
 def load_gated(name_or_dir: str | os.PathLike = "whisper-base", model=None, threads: int | None = None,

@@ -22,11 +22,48 @@ from edgegate.plan import Plan, RequestFeatures
 
 
 @dataclass
+class Word:
+    start: float  # seconds from the start of the audio
+    end: float
+    word: str  # with its leading space, as Whisper's tokens spell it
+    probability: float
+
+
+@dataclass
 class Segment:
-    start: float  # seconds
+    """One span of transcribed speech, as faster-whisper's ``Segment``."""
+
+    id: int
+    start: float  # seconds from the start of the (original) audio
     end: float
     text: str
-    tokens: list[int]
+    tokens: list[int]  # the window's sampled tokens of this segment (timestamp tokens included)
+    words: list[Word] | None = None  # with word_timestamps=True
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    mask: list[bool] | None = None  # kept gateable modules (None = dense)
+    seek: int = 0  # mel frame where the window that produced it started (after VAD, if any)
+
+
+@dataclass
+class TranscriptionInfo:
+    """What ``transcribe()`` knows before the first segment; ``timings`` and the counters fill in as
+    the segments are consumed (final once the generator is exhausted)."""
+
+    language: str
+    language_probability: float | None
+    duration: float  # seconds of audio
+    duration_after_vad: float  # seconds decoded (== duration without the VAD filter)
+    all_language_probs: list[tuple[str, float]] | None
+    task: str = "transcribe"
+    plan: dict[str, Any] = field(default_factory=dict)  # kept modules, mask, encoder frames per window
+    options: dict[str, Any] = field(default_factory=dict)
+    speech_chunks: list[tuple[float, float]] | None = None  # VAD chunks, seconds of the original audio
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    windows: int = 0  # encoder passes over 30-s windows (language detection included)
+    decoder_steps: int = 0  # decoder calls (every temperature, beam and alignment pass included)
 
 
 @dataclass
@@ -94,7 +131,10 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
                        make_state: Callable[[Any], Any], tokenizer: Any, n_vocab: int, language: str | None,
                        task: str, beam_size: int, max_tokens: int, timings: dict[str, float], t0: float,
                        mask: list[bool] | None = None) -> Transcription:
-    """The window loop every transcriber shares, whatever runs the model.
+    """Fixed 30-s windows without timestamps: the short-utterance path (one segment per window).
+
+    Every transcriber shares it, whatever runs the model; long-form transcription with timestamps,
+    seeking and fallback is :func:`edgegate.longform.transcribe_long`.
 
     ``encode(mel (1, n_mels, frames))`` returns what the decoder needs of one window (its mel
     trimmed to the plan's encoder length), ``make_state(encoded)`` a fresh decoder state over it.
@@ -116,7 +156,16 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
         timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - t2
         if language is None:
             language, probability = result.language, result.language_probs.get(result.language)
-        segments.append(Segment(window.start, window.end, tokenizer.decode(result.tokens).strip(), result.tokens))
+        segments.append(Segment(len(segments), window.start, window.end, tokenizer.decode(result.tokens).strip(),
+                                result.tokens, avg_logprob=result.avg_logprob, temperature=0.0))
     timings["total"] = time.perf_counter() - t0
     text = " ".join(s.text for s in segments if s.text)
     return Transcription(text, segments, language or "", probability, features.duration, task, mask, timings)
+
+
+def collect(segments: Iterator[Segment], info: TranscriptionInfo) -> Transcription:
+    """Consume ``transcribe()``'s generator into a :class:`Transcription` (joined text, all segments)."""
+    items = list(segments)
+    text = "".join(s.text for s in items).strip()
+    return Transcription(text, items, info.language, info.language_probability, info.duration, info.task,
+                         info.plan.get("mask"), dict(info.timings))

@@ -141,28 +141,33 @@ def normalize(text: str, language: str | None = "en") -> str:
     return normalize_basic(text)
 
 
-def wer(refs: list[str], hyps: list[str], language: str | None = "en") -> float:
-    """Corpus-level word error rate (errors / reference words) on normalised text, via jiwer.
+def word_errors(refs: list[str], hyps: list[str], language: str | None = "en") -> tuple[int, int]:
+    """(word errors, reference words) over a corpus, on normalised text, via jiwer.
 
     Utterances whose reference normalises to nothing count their hypothesis words as insertions.
-    Returns 0.0 when there are no reference words and no hypothesis words, ``inf`` when there are
-    no reference words but some hypothesis words.
     """
     import jiwer
 
     if len(refs) != len(hyps):
         raise ValueError(f"wer: {len(refs)} references but {len(hyps)} hypotheses")
     pairs = [(normalize(r, language), normalize(h, language)) for r, h in zip(refs, hyps, strict=True)]
-    errors = 0
+    errors = sum(len(h.split()) for r, h in pairs if not r)
     n_ref = 0
     scored = [(r, h) for r, h in pairs if r]
-    for r, h in pairs:
-        if not r:
-            errors += len(h.split())
     if scored:
         out = jiwer.process_words([r for r, _ in scored], [h for _, h in scored])
         errors += out.substitutions + out.deletions + out.insertions
         n_ref += out.substitutions + out.deletions + out.hits
+    return errors, n_ref
+
+
+def wer(refs: list[str], hyps: list[str], language: str | None = "en") -> float:
+    """Corpus-level word error rate (errors / reference words) on normalised text (``word_errors``).
+
+    Returns 0.0 when there are no reference words and no hypothesis words, ``inf`` when there are
+    no reference words but some hypothesis words.
+    """
+    errors, n_ref = word_errors(refs, hyps, language)
     if n_ref == 0:
         return 0.0 if errors == 0 else float("inf")
     return errors / n_ref

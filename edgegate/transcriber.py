@@ -2,22 +2,37 @@
 
     from edgegate.transcriber import WhisperModel
     model = WhisperModel("whisper-base")
-    result = model.transcribe("clip.wav", language="en")
-    print(result.text)
+    segments, info = model.transcribe("talk.flac", word_timestamps=True, vad_filter=True)
+    for s in segments:                        # lazy: each 30-s window is decoded as you iterate
+        print(f"[{s.start:.2f} -> {s.end:.2f}] {s.text}")
+    print(model.transcribe_text("clip.wav", language="en").text)   # the same, joined
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from edgegate.alignment import ALIGNMENT_HEADS, alignment_heads
+from edgegate.errors import BudgetError
+from edgegate.longform import DEFAULT_TEMPERATURES, ModelPorts, build_options, plan_info, transcribe_long
 from edgegate.models.loaders import load_whisper
 from edgegate.models.registry import resolve_model, tokenizer_path
 from edgegate.models.whisper import Gate, Whisper
-from edgegate.pipeline import MelFeatures, Transcription, to_samples, transcribe_windows
+from edgegate.pipeline import (
+    MelFeatures,
+    Segment,
+    Transcription,
+    TranscriptionInfo,
+    collect,
+    to_samples,
+    transcribe_windows,
+)
 from edgegate.plan import Plan, encoder_frames
 from edgegate.tokenizer import WhisperTokenizer
 
@@ -47,11 +62,43 @@ class TorchDecoderState:
                          for kv in self.cross_kv]
 
 
+def torch_aligner(model: Whisper, gates: list[Gate], heads: np.ndarray):
+    """``align(cross, tokens)`` for word timestamps: teacher-forced logits and the alignment heads' scores.
+
+    Heads whose cross-attention the plan skips are left out; if none is left, every head of the
+    kept cross-attention layers in the upper half of the decoder stands in.
+    """
+    n_enc = model.n_encoder_gates
+    kept = {int(layer) for layer in range(model.dims.n_text_layer) if gates[n_enc + 3 * layer + 1] is not False}
+    pairs = [(int(layer), int(h)) for layer, h in heads.T if int(layer) in kept]
+    if not pairs:
+        upper = [layer for layer in sorted(kept) if layer >= model.dims.n_text_layer // 2] or sorted(kept)
+        pairs = [(layer, h) for layer in upper for h in range(model.dims.n_text_head)]
+
+    def align(cross_kv: list, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not pairs:  # no cross-attention at all: nothing ties tokens to time
+            return None, None
+        blocks = model.decoder.blocks
+        sinks = {layer: [] for layer, _ in pairs}
+        for layer, sink in sinks.items():
+            blocks[layer].cross_attn.qk_sink = sink
+        try:
+            with torch.inference_mode():
+                logits = model.decode(torch.from_numpy(tokens), cross_kv, gates)
+        finally:
+            for layer in sinks:
+                blocks[layer].cross_attn.qk_sink = None
+        qk = torch.stack([sinks[layer][0][0, h] for layer, h in pairs])
+        return logits[0].float().numpy(), qk.numpy()
+
+    return align
+
+
 class WhisperModel:
     """A gated Whisper in PyTorch with its tokenizer."""
 
     def __init__(self, model: str | Path | Whisper = "whisper-base", tokenizer: WhisperTokenizer | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, alignment_heads: bytes | None = None):
         if threads:
             torch.set_num_threads(threads)
         if isinstance(model, Whisper):
@@ -61,6 +108,8 @@ class WhisperModel:
             path = resolve_model(model)
             self.model = load_whisper(path)
             self.tokenizer = tokenizer or WhisperTokenizer.from_file(tokenizer_path(path))
+            alignment_heads = alignment_heads or ALIGNMENT_HEADS.get(str(model))
+        self.alignment_heads_dump = alignment_heads
 
     @property
     def gate_names(self) -> list[str]:
@@ -71,13 +120,70 @@ class WhisperModel:
             return self.model.split_gates(None)
         return self.model.split_gates(torch.as_tensor(np.asarray(mask, dtype=bool)))
 
-    def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, language: str | None = None,
-                   task: str = "transcribe", beam_size: int = 1, mask: list[bool] | np.ndarray | None = None,
-                   audio_ctx: int | None = None) -> Transcription:
-        """Transcribe (or translate to English) audio of any length in 30-s windows.
+    def ports(self, mask: list[bool] | np.ndarray | None = None) -> ModelPorts:
+        """encode / make_state / align over this model with ``mask`` (see ``edgegate.longform``)."""
+        gates = self.mask_to_gates(mask)
+        dims = self.model.dims
 
-        ``mask`` keeps (True) or skips (False) each module of ``gate_names``; ``audio_ctx`` trims the
-        encoder context to the audio plus that many positions (None = Whisper's full 30 s).
+        def encode(mel: np.ndarray) -> list:
+            with torch.inference_mode():
+                xa = self.model.embed_audio(torch.from_numpy(np.ascontiguousarray(mel)), gates)
+                return self.model.cross_kv(xa, gates)
+
+        heads = alignment_heads(dims.n_text_layer, dims.n_text_head, self.alignment_heads_dump)
+        return ModelPorts(encode, lambda cross: TorchDecoderState(self.model, cross, gates), self.tokenizer,
+                          dims.n_vocab, dims.n_text_ctx, torch_aligner(self.model, gates, heads))
+
+    def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, language: str | None = None,
+                   task: str = "transcribe", beam_size: int = 1, temperature: float | tuple = DEFAULT_TEMPERATURES,
+                   word_timestamps: bool = False, vad_filter: bool = False, budget: float | None = None,
+                   mask: list[bool] | np.ndarray | None = None, audio_ctx: int | None = None,
+                   vad_options: Any = None, **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """``segments, info`` for audio of any length: timestamps, seeking, fallback, optional word times and VAD.
+
+        ``segments`` is a lazy generator (each window is decoded when iterated); ``info`` has the
+        language (detected on the first 30 s when not given), durations and the plan. Further
+        keywords are :class:`edgegate.longform.LongformOptions` fields (condition_on_previous_text,
+        initial_prompt, prefix, compression_ratio_threshold, log_prob_threshold, no_speech_threshold,
+        best_of, ...). ``budget`` needs a gate predictor: use ``edgegate.gated.load_gated``.
+        """
+        if budget:
+            raise BudgetError(f"budget {budget:g} needs a gate predictor; load one with edgegate.gated.load_gated "
+                              "or pass an explicit mask")
+        if language is not None:
+            language = self.tokenizer.normalize_language(language)
+        opts = build_options(language, task, beam_size, temperature, word_timestamps, audio_ctx, options)
+        mask_list = None if mask is None else [bool(m) for m in mask]
+        return transcribe_long(audio, self.ports(mask), opts, self.model.dims.n_mels, sample_rate, vad_filter,
+                               vad_options, mask_list, plan_info(self.gate_names, mask_list, audio_ctx))
+
+    def transcribe_text(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, **kwargs: Any
+                        ) -> Transcription:
+        """``transcribe()`` run to the end: the joined text with every segment (same keywords)."""
+        return collect(*self.transcribe(audio, sample_rate, **kwargs))
+
+    def detect_language(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
+                        mask: list[bool] | np.ndarray | None = None, audio_ctx: int | None = None,
+                        ) -> tuple[str, float, dict[str, float]]:
+        """(language, its probability, every language's probability) from the first 30 s."""
+        from edgegate.longform import detect_first_window, mel_source, prepare_audio_source
+
+        source, _, duration, _ = prepare_audio_source(audio, sample_rate, False)
+        info = TranscriptionInfo("", None, duration, duration, None)
+        language, probs = detect_first_window(mel_source(source, self.model.dims.n_mels), self.ports(mask),
+                                              audio_ctx, info)
+        return language, probs[language], probs
+
+    def transcribe_windows(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
+                           language: str | None = None, task: str = "transcribe", beam_size: int = 1,
+                           mask: list[bool] | np.ndarray | None = None, audio_ctx: int | None = None
+                           ) -> Transcription:
+        """Fixed 30-s windows without timestamps (one segment per window): the short-utterance path.
+
+        What the evaluation and the runtime ``Session.transcribe`` use today (the same decoding, so
+        their tokens can be compared); ``mask`` keeps (True) or skips (False) each module of
+        ``gate_names``; ``audio_ctx`` trims the encoder context to the audio plus that many
+        positions (None = Whisper's full 30 s).
         """
         t0 = time.perf_counter()
         if language is not None:
@@ -88,19 +194,13 @@ class WhisperModel:
         timings = {"frontend": time.perf_counter() - t_front, "encoder": 0.0, "decoder": 0.0}
         keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         plan = Plan(keep, audio_ctx, encoder_frames(features.request.frames, audio_ctx))
-        return self.run(features, plan, language, task, beam_size, timings, t0,
-                        None if mask is None else [bool(m) for m in mask])
+        return self.run_windows(features, plan, language, task, beam_size, timings, t0,
+                                None if mask is None else [bool(m) for m in mask])
 
-    def run(self, features: MelFeatures, plan: Plan, language: str | None, task: str, beam_size: int,
-            timings: dict[str, float], t0: float, mask: list[bool] | None) -> Transcription:
-        """Transcribe a request whose log-mel and plan are already computed (the gated model's path)."""
-        gates = self.mask_to_gates(None if plan.dense else plan.mask)
-
-        def encode(mel: np.ndarray) -> list:
-            with torch.inference_mode():
-                xa = self.model.embed_audio(torch.from_numpy(np.ascontiguousarray(mel)), gates)
-                return self.model.cross_kv(xa, gates)
-
-        return transcribe_windows(features, plan, encode, lambda cross: TorchDecoderState(self.model, cross, gates),
-                                  self.tokenizer, self.model.dims.n_vocab, language, task, beam_size,
-                                  self.model.dims.n_text_ctx // 2, timings, t0, mask)
+    def run_windows(self, features: MelFeatures, plan: Plan, language: str | None, task: str, beam_size: int,
+                    timings: dict[str, float], t0: float, mask: list[bool] | None) -> Transcription:
+        """The fixed-window path for a request whose log-mel and plan are computed (the gated model's)."""
+        ports = self.ports(None if plan.dense else plan.mask)
+        return transcribe_windows(features, plan, ports.encode, ports.make_state, self.tokenizer,
+                                  self.model.dims.n_vocab, language, task, beam_size, self.model.dims.n_text_ctx // 2,
+                                  timings, t0, mask)

@@ -160,8 +160,11 @@ def test_the_blocker_really_blocks():
 
 
 MODULE_NAME_FSTRING = re.compile(r'f"(encoder|decoder)\.\{')
-# Where the model defines its names, and where the manifest writer lays out the modules.
-NAME_OWNERS = {"edgegate/models/whisper_layout.py", "export/whisper_graphs.py"}
+# Where a model family defines its names (and its cost table keyed by them), and where the manifest
+# writer lays out the modules. owsm_costs.py spells OWSM's names like Whisper's table did before its
+# cost terms: when OWSM gets its exporter (module graphs + cost terms), it iterates owsm_config.gate_names.
+NAME_OWNERS = {"edgegate/models/whisper_layout.py", "export/whisper_graphs.py", "edgegate/models/owsm_config.py",
+               "edgegate/models/owsm_costs.py"}
 
 
 def production_files() -> list[Path]:
@@ -177,6 +180,14 @@ def test_module_names_are_spelled_only_by_the_model_and_the_manifest_writer():
     assert MODULE_NAME_FSTRING.search(owners)  # the pattern does match where names are made
 
 
+# Left long on purpose, each with its reason (the report names them too).
+KNOWN_LONG = {
+    # edge adaptation's training loop, landed on main while the request-plan refactor ran; split it
+    # like training.train (setup / step / loop / finish) when the edge-adaptation work next touches it
+    "edgegate/adapt.py:adapt",
+}
+
+
 @pytest.mark.parametrize("limit_lines, limit_function", [(500, 80)])
 def test_file_and_function_sizes(limit_lines, limit_function):
     long_files, long_functions = [], []
@@ -187,6 +198,6 @@ def test_file_and_function_sizes(limit_lines, limit_function):
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
-                if n > limit_function:
+                if n > limit_function and f"{p.relative_to(ROOT)}:{node.name}" not in KNOWN_LONG:
                     long_functions.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long_files and not long_functions, long_files + long_functions

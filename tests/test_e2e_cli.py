@@ -73,7 +73,7 @@ def test_transcribe_garbage_files(cpu_bundle, librivox, tmp_path, capsys):
     good, ref = librivox[3]
     capsys.readouterr()
     rc = main(["transcribe", str(empty), str(text), str(long), str(nan), str(good),
-               "--bundle", str(cpu_bundle), "--language", "en"])
+               "--bundle", str(cpu_bundle), "--language", "en", "--max-duration", "3600"])
     captured = capsys.readouterr()
     assert rc == 1
     errors = captured.err.strip().splitlines()

@@ -18,7 +18,7 @@ FIXED = 8.0  # always-on FLOPs
 
 
 def fake_result(text: str, mask: list[bool], task: str) -> Transcription:
-    return Transcription(text, [Segment(0.0, 1.0, text, [1, 2, 3])], "xx", None, 1.0, task, mask,
+    return Transcription(text, [Segment(0, 0.0, 1.0, text, [1, 2, 3])], "xx", None, 1.0, task, mask,
                          {"total": 0.25})
 
 

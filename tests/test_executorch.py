@@ -126,7 +126,7 @@ def test_tiny_greedy_parity(tiny, session, which):
     ref = tiny[0]
     mask = masks(session.gate_names)[which]
     audio = noise_clip()
-    a = ref.transcribe(audio, language="en", mask=mask)
+    a = ref.transcribe_windows(audio, language="en", mask=mask)
     b = session.transcribe(audio, language="en", mask=mask)
     assert len(a.tokens) > 0
     assert b.tokens == a.tokens and b.text == a.text and b.mask == mask
@@ -136,10 +136,10 @@ def test_tiny_beam_trimmed_context_and_language_detection(tiny, session):
     ref = tiny[0]
     mask = masks(session.gate_names)["adapters"]
     audio = noise_clip(1.5, seed=1)
-    a = ref.transcribe(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
+    a = ref.transcribe_windows(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
     b = session.transcribe(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
     assert b.tokens == a.tokens
-    a = ref.transcribe(audio)
+    a = ref.transcribe_windows(audio)
     b = session.transcribe(audio, budget=0.0)  # the bundle has a predictor: its default budget would apply
     assert (b.language, b.tokens) == (a.language, a.tokens)
     assert b.language_probability == pytest.approx(a.language_probability, abs=1e-4)
@@ -268,7 +268,8 @@ def test_export_bundle_dispatches_pte_targets(tmp_path, monkeypatch):
 def test_whisper_base_gated_parity_on_librivox(librivox, tmp_path_factory):
     """Shipped gate set on ExecuTorch vs the PyTorch gated model: same masks, same tokens (dense and
     budget 0.5), on 2 LibriVox clips."""
-    from edgegate.gated import load_gated, shipped_gate_sets
+    from edgegate.gate_set import shipped_gate_sets
+    from edgegate.gated import load_gated
 
     if "whisper-base" not in shipped_gate_sets():
         pytest.skip("no shipped whisper-base gate set in edgegate/assets")
@@ -282,12 +283,12 @@ def test_whisper_base_gated_parity_on_librivox(librivox, tmp_path_factory):
     for clip, _ in librivox[:2]:
         samples = str(clip)
         for budget in (0.0, 0.5):
-            a = reference.transcribe(samples, language="en", budget=budget)
+            a = reference.transcribe_windows(samples, language="en", budget=budget)
             b = session.transcribe(samples, language="en", budget=budget)
             assert b.mask == a.mask, (clip.name, budget)
             assert b.tokens == a.tokens, (clip.name, budget, a.text, b.text)
             # the explicit-mask path: WhisperModel.transcribe(mask=...) on the adapted model
-            c = reference.wm.transcribe(samples, language="en", mask=a.mask, audio_ctx=reference.audio_ctx)
+            c = reference.wm.transcribe_windows(samples, language="en", mask=a.mask, audio_ctx=reference.audio_ctx)
             d = session.transcribe(samples, language="en", mask=a.mask)
             assert d.tokens == c.tokens == a.tokens
             if budget == 0.0:

@@ -40,7 +40,7 @@ def test_tiny_greedy_parity(tiny, which):
     ref, session = tiny
     mask = masks(session.gate_names)[which]
     audio = noise_clip()
-    a = ref.transcribe(audio, language="en", mask=mask)
+    a = ref.transcribe_windows(audio, language="en", mask=mask)
     b = session.transcribe(audio, language="en", mask=mask)
     assert len(a.tokens) > 0
     assert b.tokens == a.tokens and b.text == a.text
@@ -52,10 +52,10 @@ def test_tiny_beam_trimmed_context_and_language_detection(tiny):
     ref, session = tiny
     mask = masks(session.gate_names)["adapters"]
     audio = noise_clip(1.5, seed=1)
-    a = ref.transcribe(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
+    a = ref.transcribe_windows(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
     b = session.transcribe(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
     assert b.tokens == a.tokens
-    a = ref.transcribe(audio)
+    a = ref.transcribe_windows(audio)
     b = session.transcribe(audio)
     assert (b.language, b.tokens) == (a.language, a.tokens)
     assert b.language_probability == pytest.approx(a.language_probability, abs=1e-4)
@@ -64,7 +64,7 @@ def test_tiny_beam_trimmed_context_and_language_detection(tiny):
 def test_tiny_long_audio_windows(tiny):
     ref, session = tiny
     audio = noise_clip(31.0, seed=2)
-    a = ref.transcribe(audio, language="en")
+    a = ref.transcribe_windows(audio, language="en")
     b = session.transcribe(audio, language="en")
     assert len(b.segments) == 2 and [s.tokens for s in b.segments] == [s.tokens for s in a.segments]
 
@@ -124,7 +124,7 @@ def test_whisper_base_parity_on_librivox(base_model, base_session, librivox):
         for which, mask in all_masks.items():
             if which == "light" and i > 0:
                 continue
-            a = base_model.transcribe(str(path), language="en", mask=mask)
+            a = base_model.transcribe_windows(str(path), language="en", mask=mask)
             b = base_session.transcribe(str(path), language="en", mask=mask)
             if a.tokens != b.tokens:
                 mismatches.append((Path(path).name, which, a.text, b.text))
@@ -137,7 +137,8 @@ def test_whisper_base_parity_on_librivox(base_model, base_session, librivox):
 def test_shipped_gate_set_parity_on_librivox(librivox, tmp_path):
     """The product path: the shipped whisper-base gate set (predictor + skip adapters + trimmed context),
     planned and run by the runtime, equals edgegate.gated.GatedWhisper in masks and tokens."""
-    from edgegate.gated import load_gated, shipped_gate_sets
+    from edgegate.gate_set import shipped_gate_sets
+    from edgegate.gated import load_gated
 
     if "whisper-base" not in shipped_gate_sets():
         pytest.skip("no shipped whisper-base gate set in edgegate/assets")
@@ -148,6 +149,6 @@ def test_shipped_gate_set_parity_on_librivox(librivox, tmp_path):
     assert session.audio_ctx == reference.audio_ctx and session.has_predictor
     for clip, _ in librivox:
         for budget in (0.0, 0.25, 0.5):
-            a = reference.transcribe(str(clip), language="en", budget=budget)
+            a = reference.transcribe_windows(str(clip), language="en", budget=budget)
             b = session.transcribe(str(clip), language="en", budget=budget)
             assert (b.mask, b.tokens) == (a.mask, a.tokens), (clip.name, budget)

@@ -240,13 +240,13 @@ def test_outputs_load_and_plan_within_budget(corpus, tiny_pt, tokenizer, tmp_pat
     gw = load_gated(tmp_path, model=WhisperModel(load_tiny(tiny_pt), tokenizer))
     assert gw.spec.adapt == "skip-adapters" and len(gw.model.skip_adapters) == len(gw.gate_names)
     audio = str(corpus.parent / "u3.wav")
-    dense = WhisperModel(load_tiny(tiny_pt), tokenizer).transcribe(audio, language="de", audio_ctx=gw.audio_ctx)
-    r0 = gw.transcribe(audio, language="de", budget=0.0)
+    dense = WhisperModel(load_tiny(tiny_pt), tokenizer).transcribe_windows(audio, language="de", audio_ctx=gw.audio_ctx)
+    r0 = gw.transcribe_windows(audio, language="de", budget=0.0)
     assert all(r0.mask) and r0.tokens == dense.tokens  # budget 0 is the dense model, adapters idle
     plan = gw.plan(load_audio(audio), "de", "transcribe", 0.5)
     mask, costs = plan.mask, plan.costs
     assert skipped_fraction(mask, costs, gw.gate_names) >= 0.5
-    r = gw.transcribe(audio, language="de", budget=0.5)
+    r = gw.transcribe_windows(audio, language="de", budget=0.5)
     assert r.mask == [bool(m) for m in mask] and not all(r.mask)
     assert list(module_costs(gw.model.dims, 100)) == gw.gate_names == gw.planner.gate_names
 
@@ -274,7 +274,7 @@ def test_other_adaptation_modes_train_and_load(corpus, tiny_pt, tokenizer, tmp_p
         if scope == "encoder":
             assert all(k.startswith("encoder.blocks.") for k in changed)
         assert part is None or all(k.startswith(part) for k in changed)
-    r = gw.transcribe(str(corpus.parent / "u1.wav"), language="de", budget=0.4)
+    r = gw.transcribe_windows(str(corpus.parent / "u1.wav"), language="de", budget=0.4)
     if scope == "decoder":
         assert all(r.mask[: 2 * TINY["n_audio_layer"]])  # encoder modules are out of scope
 

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         ctx = _audio_ctx(args.audio_ctx, gw.audio_ctx)
 
         def transcribe_fn(audio, lang, task, budget):
-            return gw.transcribe(audio, language=lang, task=task, budget=budget, beam_size=args.beam_size,
+            return gw.transcribe_windows(audio, language=lang, task=task, budget=budget, beam_size=args.beam_size,
                                  scope=args.scope, audio_ctx=ctx)
 
         names = gw.gate_names

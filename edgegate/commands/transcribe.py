@@ -1,34 +1,49 @@
-"""``edgegate transcribe FILE...``: one line of text per file (or JSON / SRT)."""
+"""``edgegate transcribe FILE...``: long-form transcription to text, json, srt, vtt or tsv."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
-
-import numpy as np
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from edgegate.errors import EdgegateError
-from edgegate.pipeline import Transcription
+from edgegate.formats import EXTENSIONS, FORMATS, render, write_atomic
+from edgegate.pipeline import Segment, TranscriptionInfo
 
 HELP = """Transcribe or translate audio files with a (gated) Whisper model.
 
 Any file libsndfile reads (wav, flac, ogg, mp3), any sample rate (resampled to 16 kHz), stereo
-is mixed down, long audio is processed in 30-s windows. A bad file prints one error line and
-the others are still transcribed; the exit code is 1 if any file failed.
+is mixed down. Audio of any length is decoded window by window as openai-whisper does
+(timestamps, seeking to the last complete segment, temperature fallback); a file is read block
+by block, so a 2-hour recording does not sit in memory. A bad file prints one error line and the
+others are still transcribed; the exit code is 1 if any file failed.
 
 examples:
   edgegate transcribe clip.wav --language en
-  edgegate transcribe interview.flac --task translate --format srt
+  edgegate transcribe talk.flac --format srt --vad --output-dir subs/
+  edgegate transcribe talk.flac --word-timestamps --format json
+  edgegate transcribe interview.flac --task translate --format vtt
   edgegate transcribe clip.wav --budget 0.25                 # shipped gate predictor, PyTorch
   edgegate transcribe clip.wav --bundle bundles/whisper-base-cpu --budget 0.25   # torch-free runtime
 
 --budget is the fraction of the gateable cost (FLOPs) to skip: 0 = dense, 0.5 = skip half.
 With --bundle the torch-free runtime runs the exported bundle (its own predictor and default
-budget); without it, the PyTorch model with the gate set of --gates (default: the shipped one).
+budget) in fixed 30-s windows without timestamps (long-form decoding comes to the runtime next);
+without it, the PyTorch model with the gate set of --gates (default: the shipped one).
 """
+
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a comma-separated list of numbers: {text!r}") from None
+    if not values or any(not 0 <= v <= 2 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must lie in [0, 2], got {text!r}")
+    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     p.add_argument("--model", default="whisper-base",
                    help="registered model name or a checkpoint path: CTranslate2 dir, transformers dir, "
-                        "OpenAI .pt (default: whisper-base, shipped with the install)")
+                        "OpenAI .pt, OWSM (ESPnet) dir (default: whisper-base, shipped with the install)")
     p.add_argument("--language", default=None,
                    help="language code or name (en, de, German...); default: detect from the first 30 s")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
@@ -51,40 +66,42 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gate set for --budget without --bundle: a train-gates output dir or a shipped name "
                         "(default: whisper-base-decoder, the shipped set that holds quality up to ~0.25)")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); 5 = Whisper's beam search")
-    p.add_argument("--format", choices=("text", "json", "srt"), default="text", help="output format")
-    p.add_argument("--max-duration", type=float, default=3600.0, metavar="S",
-                   help="refuse files longer than S seconds before decoding them (default: 3600; 0 = no limit)")
+    p.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="write one file per input into DIR (NAME.txt/.json/.srt/.vtt/.tsv, written atomically) "
+                        "instead of printing")
+    p.add_argument("--word-timestamps", action="store_true", help="time every word (cross-attention + DTW)")
+    p.add_argument("--vad", action="store_true",
+                   help="decode only the speech found by a voice-activity detector (Silero if installed, "
+                        "else the energy detector); times stay those of the original audio")
+    p.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), metavar="T[,T...]",
+                   help="decoding temperature, or the fallback sequence (default: 0,0.2,0.4,0.6,0.8,1)")
+    p.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=True,
+                   help="prompt each window with the text before it (default: on)")
+    p.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prompt the first window with")
+    p.add_argument("--max-duration", type=float, default=None, metavar="S",
+                   help="refuse files longer than S seconds before decoding them (default: no limit)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.set_defaults(func=run)
 
 
-def _srt_time(t: float) -> str:
-    ms = int(round(t * 1000))
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+Transcribe = Callable[[str], tuple[Iterator[Segment], TranscriptionInfo]]
 
 
-def format_result(path: str, result: Transcription, fmt: str) -> str:
-    if fmt == "json":
-        data = asdict(result)
-        data["file"] = path
-        return json.dumps(data, ensure_ascii=False)
-    if fmt == "srt":
-        return "\n".join(f"{i}\n{_srt_time(s.start)} --> {_srt_time(s.end)}\n{s.text}\n"
-                         for i, s in enumerate(result.segments, start=1))
-    return result.text
-
-
-def load_transcriber(args: argparse.Namespace) -> Callable[[np.ndarray], Transcription]:
+def load_transcriber(args: argparse.Namespace) -> Transcribe:
     """The one transcription function this invocation uses: runtime bundle, gated or dense PyTorch."""
-    opts = {"language": args.language, "task": args.task, "beam_size": args.beam_size}
+    opts: dict[str, Any] = {"language": args.language, "task": args.task, "beam_size": args.beam_size}
+    long_opts = {"temperature": args.temperature, "word_timestamps": args.word_timestamps, "vad_filter": args.vad,
+                 "condition_on_previous_text": args.condition_on_previous_text,
+                 "initial_prompt": args.initial_prompt}
     if args.bundle:
-        from edgegate.runtimes import Session
-
-        session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
-        return lambda samples: session.transcribe(samples, 16000, **opts)
+        return _bundle_transcriber(args, opts)
+    from edgegate.models.owsm_config import is_owsm_dir
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
 
+    if is_owsm_dir(resolve_model(args.model)):
+        return _owsm_transcriber(args, opts)
     if args.language is not None:  # fail once, before loading weights or reading any file
         WhisperTokenizer.from_file(tokenizer_path(resolve_model(args.model))).normalize_language(args.language)
     if args.budget:
@@ -94,28 +111,99 @@ def load_transcriber(args: argparse.Namespace) -> Callable[[np.ndarray], Transcr
         budget = validate_budget(args.budget)
         gated = load_gated(args.gates, model=args.model, threads=args.threads)
         # The encoder context the gates were trained with (gates.json): training and inference must agree.
-        return lambda samples: gated.transcribe(samples, 16000, budget=budget, **opts)
+        return lambda path: gated.transcribe(path, budget=budget, **opts, **long_opts)
     from edgegate.transcriber import WhisperModel
 
     model = WhisperModel(args.model, threads=args.threads)
-    return lambda samples: model.transcribe(samples, 16000, **opts)
+    return lambda path: model.transcribe(path, **opts, **long_opts)
+
+
+def _bundle_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcribe:
+    """The runtime Session: 30-s windows without timestamps until it has the long-form loop."""
+    from edgegate.audio import load_audio
+    from edgegate.runtimes import Session
+
+    if args.word_timestamps or args.vad:
+        raise EdgegateError("--word-timestamps and --vad need the PyTorch model for now; drop --bundle")
+    session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
+
+    def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        r = session.transcribe(load_audio(path), 16000, **opts)
+        info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
+                                 plan={"mask": r.mask}, timings=r.timings)
+        return iter(r.segments), info
+
+    return transcribe
+
+
+def _owsm_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcribe:
+    """An OWSM (ESPnet) checkpoint directory, dense, on the PyTorch path: fixed windows without timestamps."""
+    from edgegate.audio import load_audio
+    from edgegate.models.owsm_transcriber import OwsmModel
+
+    if args.budget or args.word_timestamps or args.vad or args.initial_prompt:
+        raise EdgegateError("--budget, --word-timestamps, --vad and --initial-prompt are Whisper-only for now; "
+                            "drop them for an OWSM model")
+    model = OwsmModel(args.model, threads=args.threads)
+    if args.language is not None:  # fail once, before reading any file
+        model.tokenizer.normalize_language(args.language)
+
+    def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        r = model.transcribe(load_audio(path), 16000, **opts)
+        info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
+                                 plan={"mask": r.mask}, timings=r.timings)
+        return iter(r.segments), info
+
+    return transcribe
+
+
+def _check_duration(path: str, max_seconds: float | None) -> None:
+    if not max_seconds:
+        return
+    from edgegate.audiostream import FileSource
+
+    source = FileSource(path)
+    if source.duration > max_seconds:
+        raise EdgegateError(f"{path}: audio is {source.duration:.2f} s long, over the --max-duration "
+                            f"{max_seconds:g} limit; raise or drop --max-duration")
+
+
+def transcribe_file(path: str, transcribe: Transcribe, show_progress: bool) -> tuple[list[Segment], TranscriptionInfo]:
+    """Run one file to the end, with a progress bar over its audio duration (and ETA) on a terminal."""
+    from tqdm import tqdm
+
+    segments, info = transcribe(path)
+    out: list[Segment] = []
+    with tqdm(total=round(info.duration, 2), unit="s", disable=not show_progress, leave=False,
+              desc=Path(path).name, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
+        for segment in segments:
+            out.append(segment)
+            bar.update(max(0.0, min(segment.end, info.duration) - bar.n))
+        bar.update(max(0.0, info.duration - bar.n))
+    return out, info
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from edgegate.audio import load_audio
-
     transcribe = load_transcriber(args)
     failed = 0
-    max_seconds = args.max_duration or None
-    progress = tqdm(args.files, unit="file", disable=len(args.files) < 2 or not sys.stderr.isatty(), leave=False)
-    for path in progress:
+    tty = sys.stderr.isatty()
+    for path in args.files:
         try:
-            result = transcribe(load_audio(path, max_seconds=max_seconds))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _check_duration(path, args.max_duration)
+                segments, info = transcribe_file(path, transcribe, tty)
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
         except EdgegateError as exc:
             failed += 1
-            progress.write(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             continue
-        progress.write(format_result(path, result, args.format), file=sys.stdout)
+        text = render(args.format, segments, info, {"file": path})
+        if args.output_dir:
+            target = Path(args.output_dir) / f"{Path(path).stem}.{EXTENSIONS[args.format]}"
+            write_atomic(target, text)
+            print(f"wrote {target}", file=sys.stderr)
+        else:
+            print(text, file=sys.stdout, flush=True)
     return 1 if failed else 0

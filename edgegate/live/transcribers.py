@@ -54,8 +54,10 @@ class TorchTranscriber:
         else:
             self.name = type(model).__name__
         self.model = model
-        self.supports_budget = _accepts(model.transcribe, "budget")
-        self.accepts_audio_ctx = _accepts(model.transcribe, "audio_ctx")
+        # WhisperModel / GatedWhisper: the fixed-window path (transcribe() is the long-form generator API).
+        self._transcribe = getattr(model, "transcribe_windows", None) or model.transcribe
+        self.supports_budget = _accepts(self._transcribe, "budget")
+        self.accepts_audio_ctx = _accepts(self._transcribe, "audio_ctx")
         names = getattr(model, "gate_names", None)
         self.n_modules = len(names) if names is not None else None
         self.default_budget: float | None = None
@@ -67,7 +69,7 @@ class TorchTranscriber:
         elif budget:
             raise BudgetError(f"budget {budget:g} needs a gate predictor, which the PyTorch model {self.name} "
                               "does not have here; run a bundle exported with gates (--bundle DIR) or use budget 0")
-        return self.model.transcribe(audio, sample_rate, language=language, task=task, **kwargs)
+        return self._transcribe(audio, sample_rate, language=language, task=task, **kwargs)
 
     def describe(self) -> str:
         return f"{self.name} (PyTorch)"

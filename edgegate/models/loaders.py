@@ -4,6 +4,8 @@
 - Hugging Face ``transformers`` directory: ``config.json`` + ``model.safetensors`` (sharded too)
 - OpenAI ``whisper`` checkpoint ``.pt``: ``{"dims": ..., "model_state_dict": ...}``, read with
   ``torch.load(weights_only=True)`` so that no pickle code runs.
+- an adapted model (what ``edgegate adapt`` writes, and ``whisper-base-edge``): ``adapt.json`` naming the
+  base model and its fingerprint, the encoder-context rule and an int8 weight-delta file with its SHA-256.
 """
 
 from __future__ import annotations
@@ -178,20 +180,54 @@ def load_openai(path: str | Path) -> Whisper:
     return _build(dims, ckpt["model_state_dict"], path)
 
 
+# -- adapted (base + weight delta) ------------------------------------------------------------
+def load_adapted(directory: str | Path) -> Whisper:
+    """The base model plus the directory's weight delta, checked by SHA-256 and base fingerprint.
+
+    The model's ``default_audio_ctx`` is the adaptation's encoder-context margin: callers that pass
+    ``audio_ctx="auto"`` run it on the real audio length plus that margin.
+    """
+    from edgegate.models.registry import read_adapt_spec, resolve_model
+    from edgegate.weight_delta import apply_delta, model_fingerprint
+
+    directory = Path(directory)
+    spec = read_adapt_spec(directory)
+    delta = directory / spec.get("delta", "adaptation.safetensors")
+    if not delta.is_file():
+        raise ModelError(f"{directory}: weight delta {delta.name} is missing; re-run edgegate adapt")
+    expected = spec.get("delta_sha256")
+    if expected:
+        from edgegate.runtimes.bundle import sha256_file
+
+        digest = sha256_file(delta)
+        if digest != expected:
+            raise ModelError(f"{delta}: SHA-256 {digest[:12]}... does not match adapt.json ({expected[:12]}...): "
+                             "the file is damaged or was changed; reinstall or re-run edgegate adapt")
+    model = load_whisper(resolve_model(spec["base_model"]))
+    apply_delta(model, delta, model_fingerprint(model))
+    ctx = spec.get("audio_ctx")
+    model.default_audio_ctx = None if ctx is None else int(ctx)
+    return model.eval()
+
+
 def detect_format(path: str | Path) -> str:
-    """'ct2', 'hf' or 'openai' for a path, or raise naming what was expected."""
+    """'ct2', 'hf', 'openai' or 'adapted' for a path, or raise naming what was expected."""
     path = Path(path)
     if path.is_file() and path.suffix in (".pt", ".pth"):
         return "openai"
     if path.is_dir():
+        if (path / "adapt.json").exists():
+            return "adapted"
         if (path / "model.bin").exists():
             return "ct2"
         if (path / "config.json").exists() and any(path.glob("*.safetensors")):
             return "hf"
     raise ModelError(
         f"{path}: not a Whisper checkpoint edgegate can read; give a CTranslate2 directory (model.bin), "
-        "a transformers directory (config.json + *.safetensors) or an OpenAI .pt file")
+        "a transformers directory (config.json + *.safetensors), an OpenAI .pt file or an edgegate adapt "
+        "directory (adapt.json)")
 
 
 def load_whisper(path: str | Path) -> Whisper:
-    return {"ct2": load_ct2, "hf": load_hf, "openai": load_openai}[detect_format(path)](path)
+    loaders = {"ct2": load_ct2, "hf": load_hf, "openai": load_openai, "adapted": load_adapted}
+    return loaders[detect_format(path)](path)

@@ -8,6 +8,7 @@ cache the assembled directory atomically.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -93,9 +94,27 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+ADAPT_SPEC = "adapt.json"  # what edgegate adapt writes beside its weight delta
+
+
+def read_adapt_spec(directory: str | Path) -> dict:
+    path = Path(directory) / ADAPT_SPEC
+    try:
+        spec = json.loads(path.read_text())
+        if not isinstance(spec, dict) or not isinstance(spec.get("base_model"), str):
+            raise ValueError("no base_model")
+        return spec
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable adaptation spec ({exc}); re-run edgegate adapt") from None
+
+
 def tokenizer_path(model_path: Path) -> Path:
-    """The model's tokenizer.json, or the default model's for checkpoints that carry none (OpenAI .pt)."""
-    own = (model_path if model_path.is_dir() else model_path.parent) / "tokenizer.json"
+    """The model's tokenizer.json, its base model's (adapted models), or the default model's for checkpoints
+    that carry none (OpenAI .pt)."""
+    folder = model_path if model_path.is_dir() else model_path.parent
+    own = folder / "tokenizer.json"
     if own.exists():
         return own
+    if (folder / ADAPT_SPEC).exists():
+        return tokenizer_path(resolve_model(read_adapt_spec(folder)["base_model"]))
     return resolve_model(DEFAULT_MODEL) / "tokenizer.json"

@@ -35,6 +35,10 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tenso
 
 
 class MultiHeadAttention(nn.Module):
+    # Set to a list to have ``attend`` append its pre-softmax scores (B, H, Tq, Tk): word timestamps read
+    # the alignment heads' cross-attention this way. None (the default) computes nothing extra.
+    qk_sink: list | None = None
+
     def __init__(self, n_state: int, n_head: int):
         super().__init__()
         self.n_head = n_head
@@ -53,6 +57,8 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         q = self.split_heads(self.query(x))
+        if self.qk_sink is not None:
+            self.qk_sink.append((q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(o.transpose(1, 2).flatten(2))
 
@@ -183,7 +189,9 @@ class TextDecoder(nn.Module):
                 for i, block in enumerate(self.blocks)]
 
     def forward(self, tokens: Tensor, cross_kv: list, gates: list[Gate], adapters: list,
-                cache: dict | None = None) -> Tensor:
+                cache: dict | None = None, hidden: list | None = None) -> Tensor:
+        """Logits (B, t, vocab); ``hidden``, when given, receives every block's output and the final
+        normalised state (the targets of knowledge-preserving adaptation)."""
         offset = cache.get("offset", 0) if cache is not None else 0
         t = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + t]
@@ -194,9 +202,13 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cross_kv[i], mask, tuple(gates[3 * i: 3 * i + 3]), cache, i,
                       tuple(adapters[3 * i: 3 * i + 3]))
+            if hidden is not None:
+                hidden.append(x)
         if cache is not None:
             cache["offset"] = offset + t
         x = self.ln(x)
+        if hidden is not None:
+            hidden.append(x)
         return x @ self.token_embedding.weight.to(x.dtype).T
 
 
@@ -209,6 +221,8 @@ class Whisper(nn.Module):
         self.gate_names = gate_names(dims)
         self.n_encoder_gates = 2 * dims.n_audio_layer
         self.skip_adapters = nn.ModuleDict()
+        # Encoder-context margin the weights were adapted to (None: Whisper's full 30-s window).
+        self.default_audio_ctx: int | None = None
 
     # -- gates -------------------------------------------------------------------------------
     def add_skip_adapters(self, rank: int = 32, names: list[str] | None = None) -> None:
@@ -249,10 +263,10 @@ class Whisper(nn.Module):
         return self.decoder.cross_kv(audio_features, per_module[self.n_encoder_gates:])
 
     def decode(self, tokens: Tensor, cross_kv: list, gates: Tensor | list[Gate] | None = None,
-               cache: dict | None = None) -> Tensor:
+               cache: dict | None = None, hidden: list | None = None) -> Tensor:
         per_module = gates if isinstance(gates, list) else self.split_gates(gates)
         return self.decoder(tokens, cross_kv, per_module[self.n_encoder_gates:],
-                            self._adapters()[self.n_encoder_gates:], cache)
+                            self._adapters()[self.n_encoder_gates:], cache, hidden)
 
     def forward(self, mel: Tensor, tokens: Tensor, gates: Tensor | None = None) -> Tensor:
         """Full teacher-forced logits (B, T, vocab)."""

@@ -1,0 +1,155 @@
+"""Is dynamic encoder context free after edge adaptation? Original vs adapted whisper-base, full vs dynamic context.
+
+Rows (all on the same items, the configurations alternated item by item so that load from other processes
+hits them alike; PyTorch, greedy, language given, 1 thread):
+- ``base/full``: the original whisper-base on Whisper's 30-s window (the reference);
+- ``base/dyn``: the original at the real length + the margin (it loops on short clips);
+- ``edge/full``, ``edge/dyn``: the adapted model (``--edge``: an ``edgegate adapt`` directory or a registered name).
+
+Sets: the 10 real clips of pocketsphinx-testdata (word errors counted), and the synthetic held-out manifests
+(``--heldout``; texts also in a ``--train-manifest`` are dropped, so none was trained on): corpus WER per
+language for transcribe, corpus BLEU for translate, and loops (outputs that hit the token limit).
+Encoder seconds per utterance are the model's own timings (median per row).
+
+    python benchmarks/bench_edge_adaptation.py --edge ~/.cache/edgegate/adapt/runs/edge1 \\
+        --heldout H1.jsonl --heldout H2.jsonl --train-manifest T1.jsonl --train-manifest T2.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from common import write_json_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results" / "edge_adaptation.json"
+
+
+def load_sets(args) -> dict[str, list[dict]]:
+    from edgegate.data.librivox import real_clips
+    from edgegate.data.manifest import read_manifest
+
+    sets = {"real": [{"id": u, "audio": str(p), "lang": "en", "task": "transcribe", "ref": r}
+                     for u, p, r in real_clips()]}
+    seen = set()
+    for m in args.train_manifest:
+        seen |= {e.extra.get("source_text") or e.text for e in read_manifest(m)}
+    synth, dropped = [], 0
+    for m in args.heldout:
+        for e in read_manifest(m):
+            spoken = e.extra.get("source_text") or e.text
+            if spoken in seen:
+                dropped += 1
+                continue
+            synth.append({"id": e.extra.get("id", Path(e.audio).stem), "audio": str(e.audio), "lang": e.lang,
+                          "task": e.task, "ref": e.text, "voice": e.extra.get("voice", "")})
+    if dropped:
+        print(f"dropped {dropped} held-out items whose text is in a training manifest", file=sys.stderr)
+    if synth:
+        sets["synth"] = synth
+    if args.limit:
+        sets = {k: v[: args.limit] for k, v in sets.items()}
+    return sets
+
+
+def build_rows(args) -> dict:
+    from edgegate.transcriber import WhisperModel
+
+    base = WhisperModel("whisper-base", threads=1)
+    edge = WhisperModel(args.edge, threads=1)
+    margin = args.margin if args.margin is not None else edge.model.default_audio_ctx
+    if margin is None:
+        raise SystemExit(f"{args.edge} carries no encoder-context rule: pass --margin")
+    return {"base/full": (base, None), "base/dyn": (base, margin), "edge/full": (edge, None),
+            "edge/dyn": (edge, margin)}, margin
+
+
+def run_items(rows: dict, items: list[dict], max_tokens: int, label: str) -> dict[str, list[dict]]:
+    from tqdm import tqdm
+
+    out: dict[str, list[dict]] = {name: [] for name in rows}
+    for item in tqdm(items, desc=label, unit="utt", file=sys.stderr):
+        for name, (model, ctx) in rows.items():
+            t0 = time.perf_counter()
+            r = model.transcribe_windows(item["audio"], language=item["lang"], task=item["task"], audio_ctx=ctx)
+            out[name].append({"id": item["id"], "text": r.text, "n_tokens": len(r.tokens),
+                              "loop": len(r.tokens) >= max_tokens, "encoder_s": r.timings.get("encoder", 0.0),
+                              "total_s": time.perf_counter() - t0})
+    return out
+
+
+def score_set(items: list[dict], results: list[dict]) -> dict:
+    import sacrebleu
+
+    from edgegate.textnorm import word_errors
+
+    summary: dict = {"n": len(items), "loops": sum(r["loop"] for r in results),
+                     "encoder_s_median": round(statistics.median(r["encoder_s"] for r in results), 4),
+                     "total_s_median": round(statistics.median(r["total_s"] for r in results), 4)}
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((it["lang"], it["task"]), []).append(i)
+    errors = words = 0
+    per = {}
+    for (lang, task), idx in sorted(groups.items()):
+        refs = [items[i]["ref"] for i in idx]
+        hyps = [results[i]["text"] for i in idx]
+        if task == "transcribe":
+            e, n = word_errors(refs, hyps, lang)
+            errors, words = errors + e, words + n
+            per[f"{lang}/{task}"] = {"wer": round(100 * e / max(n, 1), 2), "errors": e, "words": n}
+        else:
+            per[f"{lang}/{task}"] = {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)}
+    summary.update(word_errors=errors, ref_words=words, wer=round(100 * errors / max(words, 1), 2), groups=per)
+    bleus = [g["bleu"] for g in per.values() if "bleu" in g]
+    if bleus:
+        summary["bleu_mean"] = round(sum(bleus) / len(bleus), 2)
+    return summary
+
+
+def format_table(report: dict) -> str:
+    lines = ["| row | set | word errors / words | WER % | BLEU (mean over languages) | loops | encoder s (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, sets in report["rows"].items():
+        for set_name, s in sets.items():
+            lines.append(f"| {name} | {set_name} | {s['word_errors']} / {s['ref_words']} | {s['wer']} | "
+                         f"{s.get('bleu_mean', '-')} | {s['loops']} | {s['encoder_s_median']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edge", required=True, help="adapted model: an edgegate adapt directory or a registered name")
+    ap.add_argument("--margin", type=int, default=None, help="dynamic-context margin (default: the model's rule)")
+    ap.add_argument("--heldout", action="append", default=[], help="held-out synthetic manifest (repeatable)")
+    ap.add_argument("--train-manifest", action="append", default=[],
+                    help="training manifest: held-out items with the same text are dropped (repeatable)")
+    ap.add_argument("--limit", type=int, default=0, help="items per set (quick checks)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    sets = load_sets(args)
+    rows, margin = build_rows(args)
+    max_tokens = rows["base/full"][0].model.dims.n_text_ctx // 2
+    t0 = time.time()
+    results = {name: run_items(rows, items, max_tokens, name) for name, items in sets.items()}
+    report = {"edge": str(args.edge), "margin": margin, "max_tokens": max_tokens,
+              "load_average": os.getloadavg(), "wall_s": round(time.time() - t0, 1),
+              "sets": {k: len(v) for k, v in sets.items()},
+              "rows": {row: {s: score_set(sets[s], results[s][row]) for s in sets} for row in rows},
+              "outputs": results}
+    write_json_atomic(args.out, report)
+    print(format_table(report))
+    print(f"load average {report['load_average']}, wall {report['wall_s']} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,492 @@
+"""Edge adaptation (``edgegate adapt``): teach a Whisper checkpoint to run on its real audio length and to
+tolerate skipped modules, while keeping what it knows.
+
+The recipe follows audio-context fine-tuning (FUTO's whisper-acft) and LayerDrop:
+- **teacher**: the unmodified model, dense, on Whisper's full 30-s window, decodes each utterance greedily
+  and is then teacher-forced on its own tokens; the outputs of every decoder block and the final
+  normalised state are the targets. They are computed once, on first use, and cached on disk in fp16
+  (``TeacherCache``), so the first epoch streams and later epochs cost only the student;
+- **student**: a copy that sees (a) the real frames plus a random margin of ``margin`` encoder positions
+  (dynamic context, no padding), (b) augmented audio (``edgegate.data.augment``), and (c) on part of the
+  utterances, random module drops over ``drop_scope`` with a drop probability drawn per utterance, so that
+  the gates it will serve find the model tolerant;
+- **loss**: the relative L2 distance of every decoder block's output to the teacher's (each layer
+  normalised by the teacher's mean square, so that all layers count), plus an optional KL to the teacher's
+  logits (recomputed from the cached final state with the frozen token embedding, which is also the
+  output projection); small learning rates, AdamW, warm-up and cosine decay.
+
+Training is one loop (nanoGPT style) over batches of one utterance per process; with ``WORLD_SIZE`` > 1
+(``torchrun``) the gradients are averaged across processes by hand, which lets a process whose
+utterance has no usable teacher (a decoding loop) contribute nothing without stalling the others.
+Every random draw of a step comes from a generator seeded by (seed, step, rank): a resumed run takes the
+same draws as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgegate.errors import EdgegateError
+from edgegate.models.whisper import Whisper
+from edgegate.weight_delta import model_fingerprint
+
+DROP_SCOPES = ("none", "encoder", "decoder", "both")
+TRAIN_SETS = ("blocks", "encoder")
+MAX_MARGIN = 1500
+CHECKPOINT_DIR = "checkpoint"
+DELTA_FILE = "adaptation.safetensors"
+RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat")
+
+
+class AdaptError(EdgegateError):
+    """Adaptation cannot start or continue as configured."""
+
+
+@dataclass
+class AdaptConfig:
+    manifests: list[str]
+    out: str = "runs/adapt"
+    model: str = "whisper-base"
+    teacher_cache: str | None = None  # default: <user cache>/teacher/<model fingerprint>
+    steps: int = 4000
+    repeat: int = 1  # consecutive steps that reuse an utterance (fresh augmentation, margin, drops): the
+    # teacher costs ~2x a student step, so reuse buys more updates per CPU-hour in the first epoch
+    lr: float = 1e-5
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    margin: tuple[int, int] = (16, 64)  # encoder positions added to the real frames
+    drop_scope: str = "decoder"
+    drop_max: float = 0.5  # per-utterance drop probability ~ U(0, drop_max) ...
+    p_dense: float = 0.4  # ... on all but this share of utterances, which run dense
+    train: str = "blocks"
+    kl_weight: float = 0.0
+    max_tokens: int = 96
+    keep_unfinished: bool = False  # also learn from utterances the teacher did not finish (tests, tiny models)
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    resume: bool = False
+    stop_after: int | None = None
+    threads: int | None = 1
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.manifests:
+            raise AdaptError("no manifest given: pass --manifest data/manifest.jsonl (repeatable)")
+        lo, hi = self.margin
+        if not (0 <= lo <= hi <= MAX_MARGIN):
+            raise AdaptError(f"margin {lo}..{hi} is out of range: pass LO,HI encoder positions with "
+                             f"0 <= LO <= HI <= {MAX_MARGIN}, e.g. --margin 16,64")
+        if self.drop_scope not in DROP_SCOPES:
+            raise AdaptError(f"unknown --drop-scope {self.drop_scope!r}: use one of {', '.join(DROP_SCOPES)}")
+        if self.train not in TRAIN_SETS:
+            raise AdaptError(f"unknown --train {self.train!r}: use one of {', '.join(TRAIN_SETS)}")
+        if not (0.0 <= self.drop_max < 1.0) or not (0.0 <= self.p_dense <= 1.0):
+            raise AdaptError("--drop-max must be in [0, 1) and --p-dense in [0, 1]")
+        for name in ("steps", "checkpoint_every", "log_every", "max_tokens", "repeat"):
+            if getattr(self, name) < 1:
+                raise AdaptError(f"--{name.replace('_', '-')} must be >= 1: got {getattr(self, name)}")
+        if not self.lr > 0 or self.kl_weight < 0:
+            raise AdaptError(f"--lr must be > 0 and --kl-weight >= 0: got {self.lr}, {self.kl_weight}")
+
+
+# -- teacher targets ---------------------------------------------------------------------------------
+@dataclass
+class Targets:
+    prompt: list[int]
+    tokens: list[int]  # the teacher's greedy tokens (no <|endoftext|>)
+    finished: bool  # the teacher ended within max_tokens (loops make bad targets)
+    hidden: np.ndarray  # (n_text_layer + 1, len(prompt) + len(tokens), d) float16
+
+
+def window_mel(samples: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
+    """The first 30-s log-mel window, as inference computes it, and how many frames hold audio."""
+    from edgegate.pipeline import mel_windows
+
+    window = next(mel_windows(samples, n_mels))
+    return window.mel, window.n_frames
+
+
+def teacher_targets(model: Whisper, tokenizer, samples: np.ndarray, lang: str, task: str,
+                    max_tokens: int) -> Targets:
+    """The dense full-context model's greedy tokens, then its decoder states teacher-forced on them."""
+    from edgegate.decoding import decode
+    from edgegate.transcriber import TorchDecoderState
+
+    mel, _ = window_mel(samples, model.dims.n_mels)
+    gates = model.split_gates(None)
+    with torch.inference_mode():
+        cross = model.cross_kv(model.embed_audio(torch.from_numpy(mel[None]), gates), gates)
+        res = decode(lambda: TorchDecoderState(model, cross, gates), tokenizer, model.dims.n_vocab, lang, task,
+                     1, max_tokens=max_tokens)
+        prompt = tokenizer.sot_sequence(lang, task)
+        hidden: list[torch.Tensor] = []
+        model.decode(torch.tensor([prompt + res.tokens]), cross, gates, hidden=hidden)
+    states = torch.cat(hidden, 0).to(torch.float16).numpy()
+    return Targets(prompt, res.tokens, len(res.tokens) < max_tokens, states)
+
+
+class TeacherCache:
+    """One ``.npz`` per utterance under ``root``, written atomically; keyed by audio bytes and settings."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def key(self, audio_path: str, lang: str, task: str, max_tokens: int) -> str:
+        h = hashlib.sha256(Path(audio_path).read_bytes())
+        h.update(f"|{lang}|{task}|{max_tokens}".encode())
+        return h.hexdigest()[:24]
+
+    def get(self, key: str) -> Targets | None:
+        path = self.root / f"{key}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return Targets([int(t) for t in z["prompt"]], [int(t) for t in z["tokens"]], bool(z["finished"]),
+                           z["hidden"])
+
+    def put(self, key: str, t: Targets) -> None:
+        tmp = self.root / f".{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, prompt=np.array(t.prompt, np.int32), tokens=np.array(t.tokens, np.int32),
+                 finished=np.array(t.finished), hidden=t.hidden)
+        os.replace(tmp, self.root / f"{key}.npz")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("*.npz"))
+
+
+# -- the student -----------------------------------------------------------------------------------
+def trainable_parameters(model: Whisper, which: str) -> dict[str, torch.nn.Parameter]:
+    """Every block, stem and final norm (``blocks``) or the encoder only; never the embeddings.
+
+    The token embedding is also the output projection: keeping it frozen keeps the vocabulary's
+    geometry, and lets the teacher's logits be recomputed from its cached final state.
+    """
+    frozen = ("decoder.token_embedding", "decoder.positional_embedding", "skip_adapters")
+    out = {}
+    for name, p in model.named_parameters():
+        if any(name.startswith(f) for f in frozen) or (which == "encoder" and not name.startswith("encoder.")):
+            continue
+        out[name] = p
+    return out
+
+
+def draw_mask(model: Whisper, cfg: AdaptConfig, rng: np.random.Generator) -> list[bool] | None:
+    """LayerDrop: None (dense) on ``p_dense`` of the utterances, else each in-scope module dropped with p."""
+    if cfg.drop_scope == "none" or rng.random() < cfg.p_dense:
+        return None
+    p = rng.uniform(0.0, cfg.drop_max)
+    keep = []
+    for name in model.gate_names:
+        in_scope = cfg.drop_scope == "both" or name.startswith(cfg.drop_scope)
+        keep.append(not (in_scope and rng.random() < p))
+    return keep
+
+
+def student_loss(model: Whisper, mel: np.ndarray, targets: Targets, keep: list[bool] | None,
+                 kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Relative L2 of every decoder block's output to the teacher's (+ KL of the logits)."""
+    gates = model.split_gates(None if keep is None else torch.tensor(keep))
+    xa = model.embed_audio(torch.from_numpy(np.ascontiguousarray(mel[None])), gates)
+    hidden: list[torch.Tensor] = []
+    logits = model.decode(torch.tensor([targets.prompt + targets.tokens]), model.cross_kv(xa, gates), gates,
+                          hidden=hidden)
+    teacher = torch.from_numpy(targets.hidden.astype(np.float32))
+    per_layer = [((h[0] - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-6) for h, t in zip(hidden, teacher,
+                                                                                           strict=True)]
+    loss = torch.stack(per_layer).mean()
+    info = {"hidden": float(loss.detach()), "last": float(per_layer[-1].detach())}
+    with torch.no_grad():
+        t_logits = teacher[-1] @ model.decoder.token_embedding.weight.T
+        info["agree"] = float((logits[0].argmax(-1) == t_logits.argmax(-1)).float().mean())
+    if kl_weight > 0:
+        kl = F.kl_div(F.log_softmax(logits[0], -1), F.log_softmax(t_logits, -1), log_target=True,
+                      reduction="batchmean")
+        loss = loss + kl_weight * kl
+        info["kl"] = float(kl.detach())
+    return loss, info
+
+
+def lr_at(step: int, cfg: AdaptConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# -- the loop --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    audio: str
+    lang: str
+    task: str
+
+
+def load_items(manifests: list[str], tokenizer) -> list[Item]:
+    from edgegate.data.manifest import read_manifest
+
+    items = []
+    for m in manifests:
+        for e in read_manifest(m):
+            tokenizer.normalize_language(e.lang)  # a one-line error for a language Whisper lacks
+            items.append(Item(str(e.audio), e.lang, e.task))
+    if not items:
+        raise AdaptError(f"{', '.join(manifests)}: no utterances; build a corpus first "
+                         "(edgegate corpus synth --out data/synth)")
+    return items
+
+
+def _dist():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def item_at(step: int, rank: int, world: int, n: int, seed: int, repeat: int = 1) -> int:
+    """Epoch by epoch through one seeded permutation each, interleaved across ranks; each utterance is
+    used for ``repeat`` consecutive steps."""
+    epoch, pos = divmod((step // repeat) * world + rank, n)
+    return int(np.random.default_rng([seed, epoch]).permutation(n)[pos])
+
+
+def average_gradients(params: list[torch.nn.Parameter], contributed: int, dist) -> int:
+    """Average the gradients of the processes that had an utterance; returns how many had one."""
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+                     + [torch.tensor([float(contributed)])])
+    if dist:
+        dist.all_reduce(flat)
+    count = int(flat[-1])
+    if count:
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = (flat[offset: offset + n] / count).view_as(p).clone()
+            offset += n
+    return count
+
+
+def save_checkpoint(out: Path, step: int, params: dict[str, torch.nn.Parameter], opt, cfg: AdaptConfig,
+                    history: list[dict]) -> None:
+    """Atomically replace ``out/checkpoint``: a crash leaves the previous one whole."""
+    from safetensors.torch import save_file
+
+    final, tmp, old = out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.tmp", out / f".{CHECKPOINT_DIR}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: p.detach().contiguous() for k, p in params.items()}, str(tmp / "trainable.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")  # tensors and numbers: loads with weights_only=True
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg), "history": history}))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, params: dict[str, torch.nn.Parameter], opt, cfg: AdaptConfig
+                    ) -> tuple[int, list[dict]]:
+    from safetensors.torch import load_file
+
+    ck = out / CHECKPOINT_DIR
+    if not (ck / "state.json").exists():
+        raise AdaptError(f"--resume: no checkpoint in {ck}; run without --resume to start")
+    state = json.loads((ck / "state.json").read_text())
+    old = state["config"]
+    for k in RESUME_KEYS:
+        mine = getattr(cfg, k)
+        theirs = old.get(k)
+        if (list(mine) if isinstance(mine, tuple) else mine) != theirs:
+            raise AdaptError(f"--resume: the checkpoint was trained with {k}={theirs!r}, this run has "
+                             f"{mine!r}; use the same settings or another --out")
+    tensors = load_file(str(ck / "trainable.safetensors"))
+    if set(tensors) != set(params):
+        raise AdaptError(f"--resume: {ck} holds other parameters than this run trains; use another --out")
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[k])
+    opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+    return int(state["step"]), list(state["history"])
+
+
+def targets_for(item: Item, cache: TeacherCache, teacher: Whisper, tokenizer, cfg: AdaptConfig,
+                samples: np.ndarray) -> Targets:
+    key = cache.key(item.audio, item.lang, item.task, cfg.max_tokens)
+    targets = cache.get(key)
+    if targets is None:
+        targets = teacher_targets(teacher, tokenizer, samples, item.lang, item.task, cfg.max_tokens)
+        cache.put(key, targets)
+    return targets
+
+
+def student_input(samples: np.ndarray, cfg: AdaptConfig, n_mels: int, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, int]:
+    """Augmented audio -> the trimmed mel the student sees (real frames + a random margin)."""
+    from edgegate.data.augment import Augmenter
+    from edgegate.plan import encoder_frames
+
+    if cfg.augment:
+        samples = Augmenter(rng).apply(samples)
+    mel, n_frames = window_mel(samples, n_mels)
+    margin = int(rng.integers(cfg.margin[0], cfg.margin[1] + 1))
+    return mel[:, :encoder_frames(n_frames, margin)], margin
+
+
+def _load(cfg: AdaptConfig, model: Whisper | None, tokenizer):
+    from edgegate.models.loaders import load_whisper
+    from edgegate.models.registry import resolve_model, tokenizer_path
+    from edgegate.tokenizer import WhisperTokenizer
+
+    if model is None or tokenizer is None:
+        path = resolve_model(cfg.model)
+        model = model or load_whisper(path)
+        tokenizer = tokenizer or WhisperTokenizer.from_file(tokenizer_path(path))
+    if len(model.skip_adapters):
+        raise AdaptError(f"{cfg.model}: a model with skip adapters cannot be adapted; adapt the plain checkpoint "
+                         "and train the gates afterwards")
+    return model.eval(), tokenizer
+
+
+def _log(out: Path, rec: dict) -> None:
+    with open(out / "adapt_log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dict:
+    """Run (or resume) an adaptation as ``cfg`` says; returns a summary. Writes ``cfg.out``:
+    ``adaptation.safetensors`` (int8 weight deltas), ``adapt.json``, ``adapt_log.jsonl``, ``checkpoint/``."""
+    import copy
+
+    from edgegate.audio import load_audio
+    from edgegate.models.registry import cache_dir
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist, rank, world = _dist()
+    student, tokenizer = _load(cfg, model, tokenizer)
+    items = load_items(cfg.manifests, tokenizer)
+    teacher = copy.deepcopy(student).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    fingerprint = model_fingerprint(teacher)
+    cache = TeacherCache(cfg.teacher_cache or cache_dir() / "teacher" / fingerprint)
+    params = trainable_parameters(student, cfg.train)
+    for name, p in student.named_parameters():
+        p.requires_grad_(name in params)
+    base = {k: p.detach().clone() for k, p in params.items()}
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.0)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, history = load_checkpoint(out, params, opt, cfg) if cfg.resume else (0, [])
+    if not cfg.resume and rank == 0:
+        (out / "adapt_log.jsonl").unlink(missing_ok=True)
+
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="adapt", unit="step", dynamic_ncols=True)
+    t0, window = time.time(), []
+    plist = list(params.values())
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, step, rank])
+        item = items[item_at(step, rank, world, len(items), cfg.seed, cfg.repeat)]
+        samples = load_audio(item.audio)
+        targets = targets_for(item, cache, teacher, tokenizer, cfg, samples)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        info: dict[str, float] = {}
+        usable = targets.finished or cfg.keep_unfinished
+        if usable:
+            mel, margin = student_input(samples, cfg, student.dims.n_mels, rng)
+            keep = draw_mask(student, cfg, rng)
+            loss, info = student_loss(student, mel, targets, keep, cfg.kl_weight)
+            loss.backward()
+            info.update(margin=margin, dropped=0 if keep is None else keep.count(False))
+        count = average_gradients(plist, int(usable), dist)
+        if count:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
+            opt.step()
+        window.append(info)
+        rec = _record(step, cfg, window, count, len(cache) if rank == 0 and (step + 1) % cfg.log_every == 0 else -1,
+                      time.time() - t0)
+        if rec is not None:
+            window = []
+            history.append(rec)
+            if rank == 0:
+                _log(out, rec)
+        if bar is not None:
+            bar.update(1)
+            if info:
+                bar.set_postfix(hidden=f"{info['hidden']:.3f}", agree=f"{info['agree']:.2f}")
+        stop = cfg.stop_after is not None and step + 1 >= cfg.stop_after and step + 1 < cfg.steps
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+            if rank == 0:
+                save_checkpoint(out, step + 1, params, opt, cfg, history)
+                write_result(out, params, base, cfg, fingerprint, step + 1, history)
+            if dist:
+                dist.barrier()
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    summary = {"steps_done": history[-1]["step"] if history else start, "world_size": world,
+               "seconds": round(time.time() - t0, 1), "teacher_cached": len(cache), "final": history[-1:]}
+    if dist:
+        dist.barrier()
+    return summary
+
+
+def write_result(out: Path, params: dict[str, torch.nn.Parameter], base: dict[str, torch.Tensor],
+                 cfg: AdaptConfig, fingerprint: str, step: int, history: list[dict]) -> None:
+    """The shippable result as of ``step``: int8 weight deltas and ``adapt.json`` (both atomic)."""
+    from edgegate.runtimes.bundle import sha256_file
+    from edgegate.weight_delta import save_delta
+
+    meta = {"base_model": cfg.model, "base_fingerprint": fingerprint, "audio_ctx_margin": str(cfg.margin[1]),
+            "steps": str(step)}
+    path = save_delta({k: p.detach() for k, p in params.items()}, base, out / DELTA_FILE, meta)
+    spec = {"base_model": cfg.model, "base_fingerprint": fingerprint, "audio_ctx": cfg.margin[1],
+            "delta": DELTA_FILE, "delta_sha256": sha256_file(path), "steps_done": step, "config": asdict(cfg),
+            "last_log": history[-1:]}
+    tmp = out / ".adapt.json.tmp"
+    tmp.write_text(json.dumps(spec, indent=1) + "\n")
+    os.replace(tmp, out / "adapt.json")
+
+
+def _record(step: int, cfg: AdaptConfig, window: list[dict], count: int, cached: int, elapsed: float
+            ) -> dict | None:
+    """Every ``log_every`` steps: the means of the window's losses (this process's utterances)."""
+    if (step + 1) % cfg.log_every and step + 1 != cfg.steps:
+        return None
+    done = [w for w in window if w]
+    rec: dict = {"step": step + 1, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1), "used": len(done),
+                 "of": len(window), "ranks_last": count}
+    for key in ("hidden", "last", "agree", "kl", "margin", "dropped"):
+        vals = [w[key] for w in done if key in w]
+        if vals:
+            rec[key] = round(float(np.mean(vals)), 5)
+    if cached >= 0:
+        rec["teacher_cached"] = cached
+    return rec

@@ -1,0 +1,110 @@
+"""``edgegate adapt``: knowledge-preserving edge adaptation (dynamic encoder context, droppable modules)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """Adapt a Whisper checkpoint to run on its real audio length and to tolerate skipped modules.
+
+The unmodified model is the teacher: dense, full 30-s window, teacher-forced on its own greedy
+tokens. Its decoder states are computed once per utterance and cached on disk (fp16). The student
+sees the real frames plus a random margin of --margin encoder positions, augmented audio, and on
+part of the utterances random module drops (--drop-scope, --drop-max, --p-dense); it learns to
+reproduce the outputs of every decoder block (relative L2, + --kl-weight x KL of the logits).
+Learning rates are small on purpose (order 1e-6 .. 1e-5): change the behaviour, keep the knowledge.
+
+The result is DIR/adaptation.safetensors: int8 differences to the base weights (~1 byte per
+trained parameter) with the base's fingerprint, and DIR/adapt.json with the encoder-context rule.
+
+Runs on N processes with: torchrun --nproc_per_node N -m edgegate.commands.adapt ...
+(one utterance per process per step; a process whose utterance the teacher could not finish
+contributes nothing to that step).
+
+examples:
+  edgegate adapt --manifest data/synth/manifest.jsonl --out runs/edge --steps 4000
+  edgegate adapt --manifest a.jsonl --manifest b.jsonl --out runs/edge --steps 8000 --stop-after 2000
+  edgegate adapt --manifest a.jsonl --out runs/edge --steps 8000 --resume
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="edge adaptation: dynamic encoder context and droppable modules, by "
+                       "distillation from the unmodified model", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", action="append", required=True, metavar="JSONL",
+                   help="corpus manifest (audio, lang, task); repeatable. Transcripts are not needed")
+    p.add_argument("--model", default="whisper-base", help="registered model name or checkpoint path")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoint, log, result)")
+    p.add_argument("--teacher-cache", default=None, metavar="DIR",
+                   help="where the teacher's targets are cached (default: the user cache dir, per model)")
+    p.add_argument("--steps", type=int, default=4000, help="steps (one utterance per process each)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="use each utterance for N consecutive steps, with fresh augmentation, margin and drops "
+                        "(the teacher costs ~2 student steps: N=2 gives more updates per CPU-hour)")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (warm-up, cosine decay)")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--margin", default="16,64", metavar="LO,HI",
+                   help="encoder positions added to the real frames, uniform in [LO, HI] (default 16,64)")
+    p.add_argument("--drop-scope", choices=("none", "encoder", "decoder", "both"), default="decoder",
+                   help="modules that may be dropped at random (default decoder)")
+    p.add_argument("--drop-max", type=float, default=0.5,
+                   help="per-utterance drop probability is drawn from U(0, DROP_MAX) (default 0.5)")
+    p.add_argument("--p-dense", type=float, default=0.4,
+                   help="share of utterances that run with no drops (default 0.4)")
+    p.add_argument("--train", choices=("blocks", "encoder"), default="blocks",
+                   help="what learns: every block, stem and norm (default), or the encoder only; the token "
+                        "embedding (also the output layer) always stays frozen")
+    p.add_argument("--kl-weight", type=float, default=0.0, help="add KL to the teacher's logits")
+    p.add_argument("--max-tokens", type=int, default=96, help="teacher tokens per utterance (default 96)")
+    p.add_argument("--no-augment", action="store_true", help="train on the clean audio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
+    p.add_argument("--log-every", type=int, default=10, metavar="STEPS")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="stop with a checkpoint after this step (continue later with --resume)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per process (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from edgegate.adapt import AdaptConfig, AdaptError
+
+    try:
+        lo, hi = (int(v) for v in args.margin.split(","))
+    except ValueError:
+        raise AdaptError(f"bad --margin {args.margin!r}: pass LO,HI encoder positions such as 16,64") from None
+    return AdaptConfig(
+        manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
+        steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
+        drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, train=args.train,
+        kl_weight=args.kl_weight,
+        max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
+        stop_after=args.stop_after, threads=args.threads, progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgegate.adapt import adapt
+
+    cfg = config_from_args(args)
+    cfg.validate()  # fail on bad settings before any model is loaded
+    summary = adapt(cfg)
+    print(json.dumps({"out": cfg.out, **summary}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point, for torchrun: ``torchrun --nproc_per_node 2 -m edgegate.commands.adapt ...``."""
+    import sys
+
+    from edgegate.cli import main as cli_main
+
+    return cli_main(["adapt", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

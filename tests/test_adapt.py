@@ -1,0 +1,216 @@
+"""Edge adaptation on a tiny random Whisper: the dynamic-context loss falls, resume is exact, bad input is
+refused in one line, and the shipped weight-delta format round-trips."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgegate.errors import EdgegateError, ModelError  # noqa: E402
+from edgegate.models.whisper import ModelDims, Whisper  # noqa: E402
+
+TINY = dict(n_audio_state=32, n_audio_head=2, n_audio_layer=2, n_text_state=32, n_text_head=2, n_text_layer=2)
+PAIRS = [("en", "transcribe"), ("de", "transcribe"), ("de", "translate"), ("es", "translate")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from edgegate.models.registry import resolve_model, tokenizer_path
+    from edgegate.tokenizer import WhisperTokenizer
+
+    try:
+        return WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
+    except EdgegateError as exc:
+        pytest.skip(f"whisper-base tokenizer unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("adapt-corpus")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, (lang, task) in enumerate(PAIRS):
+        t = np.arange(int(16000 * (0.6 + 0.3 * i))) / 16000
+        x = 0.3 * np.sin(2 * np.pi * (150 + 70 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(folder / f"u{i}.wav", x.astype(np.float32), 16000)
+        lines.append(json.dumps({"audio": f"u{i}.wav", "lang": lang, "task": task}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_pt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    dims = ModelDims(**TINY)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)
+    return path
+
+
+def cfg(corpus: Path, out: Path, tiny_pt: Path, **kw):
+    from edgegate.adapt import AdaptConfig
+
+    base = dict(manifests=[str(corpus)], out=str(out), model=str(tiny_pt), teacher_cache=str(out.parent / "cache"),
+                steps=8, lr=1e-3, warmup=1, max_tokens=6, keep_unfinished=True, drop_scope="none", augment=False,
+                log_every=1, checkpoint_every=4, progress=False, threads=1)
+    base.update(kw)
+    return AdaptConfig(**base)
+
+
+def run(c, tokenizer):
+    from edgegate.adapt import adapt
+    from edgegate.models.loaders import load_whisper
+
+    return adapt(c, model=load_whisper(c.model), tokenizer=tokenizer)
+
+
+def log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
+
+
+def test_dynamic_context_loss_falls(corpus, tiny_pt, tokenizer, tmp_path):
+    out = tmp_path / "run"
+    run(cfg(corpus, out, tiny_pt, steps=48, margin=(16, 64)), tokenizer)
+    losses = [r["hidden"] for r in log(out)]
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.5 * first, (first, last)
+    assert all(16 <= r["margin"] <= 64 for r in log(out))
+    spec = json.loads((out / "adapt.json").read_text())
+    assert spec["steps_done"] == 48 and spec["audio_ctx"] == 64
+    check_adapted_model_loads(out, tiny_pt)
+
+
+def check_adapted_model_loads(out: Path, tiny_pt: Path) -> None:
+    """The adapt directory is a model: base + delta, the context rule, and a SHA-256-checked delta."""
+    from safetensors.torch import load_file
+
+    from edgegate.models.loaders import load_whisper
+
+    model = load_whisper(out)
+    assert model.default_audio_ctx == 64 and load_whisper(tiny_pt).default_audio_ctx is None
+    trained = load_file(str(out / "checkpoint" / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    base = dict(load_whisper(tiny_pt).named_parameters())
+    moved = [k for k in trained if not torch.equal(trained[k], base[k])]
+    assert moved
+    for k in moved:
+        assert (params[k] - trained[k]).abs().max() <= (trained[k] - base[k]).abs().max() / 100 + 1e-7, k
+    delta = out / "adaptation.safetensors"
+    data = bytearray(delta.read_bytes())
+    data[-1] ^= 1
+    delta.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_whisper(out)
+
+
+def test_resume_gives_the_same_weights(corpus, tiny_pt, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run(cfg(corpus, whole, tiny_pt, drop_scope="both", augment=True), tokenizer)
+    run(cfg(corpus, parts, tiny_pt, drop_scope="both", augment=True, stop_after=4), tokenizer)
+    assert json.loads((parts / "adapt.json").read_text())["steps_done"] == 4
+    run(cfg(corpus, parts, tiny_pt, drop_scope="both", augment=True, resume=True), tokenizer)
+    a = load_file(str(whole / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(parts / "checkpoint" / "trainable.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_mismatched_run(corpus, tiny_pt, tokenizer, tmp_path):
+    from edgegate.adapt import AdaptError
+
+    out = tmp_path / "run"
+    run(cfg(corpus, out, tiny_pt, steps=2, checkpoint_every=2), tokenizer)
+    with pytest.raises(AdaptError, match="margin"):
+        run(cfg(corpus, out, tiny_pt, steps=4, margin=(8, 32), resume=True), tokenizer)
+    with pytest.raises(AdaptError, match="no checkpoint"):
+        run(cfg(corpus, tmp_path / "empty", tiny_pt, resume=True), tokenizer)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(margin=(16, 4000)), "margin"),
+    (dict(margin=(64, 16)), "margin"),
+    (dict(drop_scope="middle"), "drop-scope"),
+    (dict(drop_max=1.5), "drop-max"),
+    (dict(manifests=[]), "no manifest"),
+])
+def test_bad_settings_are_one_line_errors(corpus, tiny_pt, tmp_path, change, message):
+    from edgegate.adapt import AdaptError
+
+    with pytest.raises(AdaptError, match=message) as exc:
+        replace(cfg(corpus, tmp_path, tiny_pt), **change).validate()
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_errors(corpus, tmp_path, capsys):
+    from edgegate.cli import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["adapt", "--manifest", str(empty), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["adapt", "--manifest", str(corpus), "--out", str(tmp_path / "o"), "--margin", "a,b"]) == 1
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    assert main(["adapt", "--manifest", str(corpus), "--out", str(tmp_path / "o"), "--model", str(bogus)]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 3, lines
+
+
+def test_weight_delta_round_trip(tmp_path):
+    from edgegate.weight_delta import apply_delta, save_delta
+
+    torch.manual_seed(1)
+    base = Whisper(ModelDims(**TINY))
+    tuned = Whisper(ModelDims(**TINY))
+    tuned.load_state_dict(base.state_dict())
+    names = ["encoder.blocks.0.mlp.0.weight", "decoder.blocks.1.attn_ln.bias"]
+    params = dict(tuned.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            params[n].add_(1e-3 * torch.randn_like(params[n]))
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    path = save_delta({n: params[n] for n in names}, before, tmp_path / "d.safetensors",
+                      {"base_fingerprint": "abc"})
+    apply_delta(base, path, "abc")
+    after = dict(base.named_parameters())
+    for n in names:
+        err = (after[n] - params[n]).abs().max()
+        assert err <= (params[n] - before[n]).abs().max() / 100, n
+    untouched = "decoder.blocks.0.mlp.0.weight"
+    assert torch.equal(after[untouched], before[untouched])
+    with pytest.raises(ModelError, match="made for base"):
+        apply_delta(base, path, "other")
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ModelError, match="not a readable"):
+        apply_delta(base, path, "abc")
+
+
+def test_augmenter_is_seeded_and_keeps_level_bounded():
+    from edgegate.data.augment import Augmenter, add_noise
+
+    x = (0.2 * np.sin(np.arange(32000) / 7)).astype(np.float32)
+    a = Augmenter(np.random.default_rng(5)).apply(x)
+    b = Augmenter(np.random.default_rng(5)).apply(x)
+    assert np.array_equal(a, b) and a.dtype == np.float32 and np.abs(a).max() <= 1.0
+    assert 0.85 * len(x) < len(a) < 1.15 * len(x)
+    noisy = add_noise(x, 10.0, "white", np.random.default_rng(0))
+    snr = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean((noisy - x).astype(np.float64) ** 2))
+    assert abs(snr - 10.0) < 0.5
