@@ -1,7 +1,7 @@
 """Export a gated Whisper as an ExecuTorch bundle: every module a method of ONE ``model.pte`` (XNNPACK).
 
-The subgraphs are the ONNX exporter's: the same ``nn.Module`` wrappers from
-:func:`edgegate.export.onnx_export.graph_jobs` (each computes a whole residual step, so a skipped
+The subgraphs are the ONNX target's: the same ``nn.Module`` wrappers from
+:func:`edgegate.export.whisper_graphs.module_jobs` (each computes a whole residual step, so a skipped
 module is a method that is not called), the same names, kinds, stages, gates, FLOPs and skip
 adapters. Each becomes one method of a single multi-method program::
 
@@ -14,7 +14,7 @@ of the manifest has ``file = "model.pte"`` and ``method = <module name>``; adapt
 covers ``model.pte``, so a modified program is refused before anything runs.
 
 Shapes. ExecuTorch plans memory for the upper bound of every dynamic axis, so each axis gets a
-finite range (:func:`edgegate.runtimes.backends.executorch.axis_bounds`, recorded in the
+finite range (:func:`edgegate.runtimes.schema.axis_bounds`, recorded in the
 manifest under ``executorch.axes``): ``frames`` 2..n_audio_ctx, ``mel_frames`` 4..2*n_audio_ctx
 (declared as 2 * frames: torch.export cannot prove the stem's guards otherwise), ``tokens``
 1..``max_step_tokens`` (the prompt step has 3-4 tokens, later steps 1), ``past``
@@ -37,7 +37,8 @@ by content). The token embedding is stored twice, as in the ONNX bundle: once fo
 fully-connected op of ``decoder.logits``.
 
 Needs ``pip install torch==2.13.0 executorch==1.4.1`` (pin torch in the same command on CPU
-machines, see shared/notes/stack.md). Lowering costs a few seconds per method.
+machines, see shared/notes/stack.md). Lowering costs a few seconds per method. Everything else
+(inputs, module entries, manifest, atomic writing) is the export core's (:mod:`edgegate.export.core`).
 """
 
 from __future__ import annotations
@@ -79,13 +80,13 @@ PREDICTOR_METHOD = PREDICTOR
 # axis to 0/1 nor unifies two axes that merely happen to be equal in the example.
 _EXAMPLE = {"batch": 2, "tokens": 3, "past": 5, "frames": 10, "mel_frames": 20}
 # Axes declared as a multiple of another: torch.export proves the stem's guards only when it knows
-# that the mel frame count is even (the runtime always feeds 2 * frames, see pipeline.encoder_frames).
+# that the mel frame count is even (the runtime always feeds 2 * frames, see plan.encoder_frames).
 _DERIVED = {"mel_frames": ("frames", 2)}
 
 
 # -- ExecuTorch forms of two ONNX wrappers -----------------------------------------------------
 class XnnpackLogits(nn.Module):
-    """:class:`onnx_export.Logits` (same LayerNorm, same weight) as ``F.linear``.
+    """:class:`whisper_graphs.Logits` (same LayerNorm, same weight) as ``F.linear``.
 
     ``matmul(h, weight.t())`` lowers to an XNNPACK transpose of the whole 51865 x d embedding on
     every call followed by a portable ``mm`` (measured, whisper-base, 2 threads: 88 ms per decoder
@@ -102,7 +103,7 @@ class XnnpackLogits(nn.Module):
 
 
 class XnnpackCrossAttention(nn.Module):
-    """:class:`onnx_export.CrossAttention` with the beams folded into the query axis.
+    """:class:`whisper_graphs.CrossAttention` with the beams folded into the query axis.
 
     The audio K/V come at batch 1 for every beam. The ONNX graph broadcasts them in MatMul;
     torch.export spells that broadcast as ``expand_copy`` + reshapes that XNNPACK does not delegate

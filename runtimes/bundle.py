@@ -129,17 +129,10 @@ class Bundle:
 
     def _check_dataflow(self, names: list[str]) -> None:
         """The dense runner list must add up: every value a graph reads is fed or written before it."""
-        from edgegate.runtimes.execution import runner_list
-
-        class Unloaded(dict):
-            def __missing__(self, key: str) -> None:
-                return None
-
-            def __contains__(self, key: object) -> bool:
-                return True
+        from edgegate.runtimes.execution import check_dataflow
 
         try:
-            runner_list(self.modules, names, [True] * len(names), Unloaded(), Unloaded(), self.limits.state)
+            check_dataflow(self.modules, names, self.limits.state)
         except BundleError as exc:
             raise BundleError(f"{MANIFEST}: {exc}") from None
 

@@ -28,16 +28,17 @@ class Runner:
     """One graph bound to values: ``env[out.value] = graph(**{inp.name: env[inp.value]})``."""
 
     name: str
-    module: Module | None  # None: write zeros of the outputs' shapes (a skipped branch)
+    module: Module | None
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     spec: ModuleSpec | None = None
+    zeros: bool = False  # write zeros of the outputs' shapes instead of running (a skipped branch)
 
     def feed(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {t.name: env[t.value] for t in self.inputs}
 
     def __call__(self, env: dict[str, np.ndarray]) -> None:
-        if self.module is None:
+        if self.zeros:
             sizes = {a: env[t.value].shape[i] for t in self.inputs for i, a in enumerate(t.shape) if isinstance(a, str)}
             for t in self.outputs:
                 env[t.value] = np.zeros([a if isinstance(a, int) else sizes[a] for a in t.shape], dtype=t.dtype)
@@ -82,7 +83,7 @@ def _runner(spec: ModuleSpec, keep: Mapping[str, bool], modules: Mapping[str, Mo
     if missing:
         raise BundleError(f"module {spec.name}: skipped to zeros, but its inputs do not give the size of "
                           f"{', '.join(sorted(missing))}; re-export the bundle")
-    return Runner(f"{spec.name}.zeros", None, spec.inputs, spec.outputs, spec)
+    return Runner(f"{spec.name}.zeros", None, spec.inputs, spec.outputs, spec, zeros=True)
 
 
 def _unbound(r: Runner, value: str, phase: str) -> BundleError:
@@ -131,6 +132,21 @@ def runner_list(specs: Sequence[ModuleSpec], gate_names: Sequence[str], mask: np
                       tuple(from_window))
 
 
+class _Unloaded(dict):
+    """Stands for every graph and adapter when only the dataflow of a manifest is checked."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+def check_dataflow(specs: Sequence[ModuleSpec], gate_names: Sequence[str], state: Sequence[str]) -> None:
+    """The dense runner list must add up (every value read is fed or written before): BundleError if not."""
+    runner_list(specs, gate_names, np.ones(len(gate_names), dtype=bool), _Unloaded(), _Unloaded(), state)
+
+
 class GraphDecoderState:
     """Decoder state for one window over a runner list (an ``edgegate.decoding.DecoderState``)."""
 
@@ -176,4 +192,4 @@ def run_window(runners: RunnerList, mel: np.ndarray) -> dict[str, np.ndarray]:
     return {k: env[k] for k in runners.window_values}
 
 
-__all__ = ["Runner", "RunnerList", "StateInit", "runner_list", "run_window", "GraphDecoderState"]
+__all__ = ["Runner", "RunnerList", "StateInit", "runner_list", "check_dataflow", "run_window", "GraphDecoderState"]
