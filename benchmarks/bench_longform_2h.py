@@ -31,7 +31,7 @@ SR = 16000
 
 
 def make_file(path: Path, hours: float, clips: list[tuple[Path, str]]) -> list[tuple[float, str]]:
-    """Tone (220 Hz, -40 dBFS) for ``hours``, with the clips at evenly spread offsets; returns (start, ref)."""
+    """Tone (220 Hz, amplitude 0.01) for ``hours``, with the clips at evenly spread offsets; returns (start, ref)."""
     total = int(hours * 3600 * SR)
     slots = np.linspace(0.08, 0.92, len(clips)) * total
     placed = [(int(s) // SR * SR, sf.read(str(p), dtype="float32")[0], ref) for s, (p, ref) in zip(slots, clips,

@@ -99,6 +99,10 @@ class GatedWhisper:
         info.timings["plan"] = t_plan
         return segments, info
 
+    def detect_language(self, audio, sample_rate: int = 16000):
+        """(language, probability, all probabilities) on the dense model: the plan depends on the language."""
+        return self.wm.detect_language(audio, sample_rate)
+
     def transcribe_text(self, audio, sample_rate: int = 16000, **kwargs) -> Transcription:
         """``transcribe()`` run to the end: a ``Transcription`` with the joined text."""
         return collect(*self.transcribe(audio, sample_rate, **kwargs))

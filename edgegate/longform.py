@@ -189,6 +189,7 @@ class _LoopState:
     prompt_reset_since: int = 0
     last_speech: float = 0.0
     n_segments: int = 0
+    recent: list[str] = field(default_factory=list)  # texts of the last segments (the cross-window loop guard)
 
 
 def transcribe_windows_long(mel, ports: ModelPorts, opts: LongformOptions, language: str,
@@ -229,6 +230,7 @@ def transcribe_windows_long(mel, ports: ModelPorts, opts: LongformOptions, langu
                 st.last_speech = last_end
         st.seek = max(seek, st.seek + 1)  # always move on, even on a degenerate timestamp
         kept = [s for s in segments if s.start != s.end and s.text.strip()]
+        kept = _drop_repeats(kept, st, opts.repetition_limit)
         st.all_tokens += [t for s in kept for t in s.tokens]
         if not opts.condition_on_previous_text or result.temperature > opts.prompt_reset_on_temperature:
             st.prompt_reset_since = len(st.all_tokens)
@@ -236,6 +238,23 @@ def transcribe_windows_long(mel, ports: ModelPorts, opts: LongformOptions, langu
             s.id = st.n_segments
             st.n_segments += 1
             yield emit(s)
+
+
+def _drop_repeats(segments: list[Segment], st: _LoopState, limit: int | None) -> list[Segment]:
+    """A loop across windows (the same segment text again and again, each window prompted by the last)
+    is cut too: a segment that would make ``limit`` identical texts in a row is dropped, and the
+    prompt is reset so the next window is not conditioned on the loop."""
+    if not limit:
+        return segments
+    out = []
+    for s in segments:
+        text = s.text.strip()
+        st.recent = (st.recent + [text])[-limit:]
+        if len(st.recent) == limit and len(set(st.recent)) == 1:
+            st.prompt_reset_since = len(st.all_tokens)
+            continue
+        out.append(s)
+    return out
 
 
 def _is_silence(result: DecodeResult, opts: LongformOptions) -> bool:
@@ -319,8 +338,8 @@ def transcribe_long(audio, ports: ModelPorts, opts: LongformOptions, n_mels: int
         language, probs = detect_first_window(mel, ports, opts.audio_ctx, info)
         info.language, info.language_probability = language, probs[language]
         info.all_language_probs = list(probs.items())
+    # No audio left (the VAD found no speech): nothing is decoded and no language is claimed.
     language = language or "en"
-    info.language = info.language or language
 
     def emit(segment: Segment) -> Segment:
         segment.mask = mask

@@ -81,7 +81,8 @@ class SpeechMap:
         Whisper often starts a segment at the end of the previous one; on joined speech that start
         can sit in the padding of the chunk before, with the words in the next chunk, so the span
         would cover the removed silence. A start whose part in its chunk is shorter than ``edge``
-        seconds (and than the rest of the segment) moves to the next chunk's start.
+        seconds (and than the rest of the segment) moves to the next chunk's start; an end that
+        reaches less than that into a later chunk moves back to the end of the chunk before.
         """
         a, b = self.original(start), self.original(end, is_end=True)
         if not self.chunks:
@@ -90,7 +91,11 @@ class SpeechMap:
         if j > i:
             head = self.ends[i] / SAMPLE_RATE - start
             if head < edge and head < end - start - head:
-                a = self.chunks[i + 1][0] / SAMPLE_RATE
+                a, i = self.chunks[i + 1][0] / SAMPLE_RATE, i + 1
+        if j > i:  # the same for an end that only just reaches into a later chunk
+            tail = end - self.ends[j - 1] / SAMPLE_RATE
+            if tail < edge and tail < end - start - tail:
+                b = self.chunks[j - 1][1] / SAMPLE_RATE
         return a, b
 
 

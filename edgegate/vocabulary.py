@@ -128,9 +128,42 @@ def word_variants(words: Iterable[str], cases: Sequence[str] = CASES) -> list[st
     return sorted(out)
 
 
-def text_token_ids(tokenizer: WhisperTokenizer, texts: Iterable[str]) -> set[int]:
-    """Every token id the tokenizer uses for ``texts`` (each also tried after a leading space)."""
+_ENCODERS: dict[int, tuple[Any, Any, int]] = {}
+
+
+def text_encoder(tokenizer: WhisperTokenizer | Any) -> Any:
+    """A ``tokenizers.Tokenizer`` that splits text into the tokens the model emits.
+
+    The whisper-base ``tokenizer.json`` shipped with the CTranslate2 weights lacks GPT-2's first BPE
+    merge ("Ġ t"; 49,999 merges for 50,000), so it encodes " the" as "Ġ" + "the" where Whisper emits
+    " the" (openai-whisper's tiktoken agrees). A merge whose two-character token is in the vocabulary
+    but made by no merge is restored at the front (rank 0, where GPT-2 has "Ġ t"); decoding never
+    needed merges, so only encoding changes.
+    """
+    from tokenizers import Tokenizer
+
     raw = _raw(tokenizer)
+    hit = _ENCODERS.get(id(raw))
+    if hit is not None and hit[0] is raw:
+        return hit[1]
+    spec = json.loads(raw.to_str())
+    merges = spec["model"]["merges"]
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+    made = {a + b for a, b in pairs}
+    base = set(_byte_chars())
+    missing = [t for t in spec["model"]["vocab"] if len(t) == 2 and t not in made and t[0] in base and t[1] in base]
+    encoder = raw
+    if missing:
+        fixed = [f"{t[0]} {t[1]}" if merges and isinstance(merges[0], str) else [t[0], t[1]] for t in missing]
+        spec["model"]["merges"] = fixed + list(merges)
+        encoder = Tokenizer.from_str(json.dumps(spec))
+    _ENCODERS[id(raw)] = (raw, encoder, len(missing))
+    return encoder
+
+
+def text_token_ids(tokenizer: WhisperTokenizer, texts: Iterable[str]) -> set[int]:
+    """Every token id the model's tokenisation uses for ``texts`` (each also tried after a leading space)."""
+    raw = text_encoder(tokenizer)
     batch = []
     for t in texts:
         batch.extend((t, " " + t.lstrip()))

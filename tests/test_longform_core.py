@@ -259,3 +259,27 @@ def test_formats_have_real_cues(tmp_path):
     assert '"text": "Hello there. Bye."' in render("json", segs, info)
     write_atomic(tmp_path / "out" / "a.srt", srt)
     assert (tmp_path / "out" / "a.srt").read_text() == srt and not list((tmp_path / "out").glob(".*"))
+
+
+def test_long_form_core_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import edgegate.longform, edgegate.formats, edgegate.vad_filter, edgegate.melsource\n"
+            "import edgegate.audiostream, edgegate.alignment, edgegate.repetition\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_loop_across_windows_is_cut_too():
+    from edgegate.longform import _drop_repeats, _LoopState
+
+    st = _LoopState(all_tokens=[1, 2, 3])
+    seg = [Segment(i, i, i + 1, " Thank you.", []) for i in range(6)]
+    kept = [s for i in range(6) for s in _drop_repeats([seg[i]], st, 4)]
+    assert [s.id for s in kept] == [0, 1, 2] and st.prompt_reset_since == 3
+    assert len(_drop_repeats([Segment(9, 9, 10, " Something else.", [])], st, 4)) == 1
