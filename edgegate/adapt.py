@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from edgegate.errors import EdgegateError
 from edgegate.models.whisper import Whisper
+from edgegate.ranks import data_parallel
 from edgegate.weight_delta import model_fingerprint
 
 DROP_SCOPES = ("none", "encoder", "decoder", "both")
@@ -251,16 +252,6 @@ def load_items(manifests: list[str], tokenizer) -> list[Item]:
     return items
 
 
-def _dist():
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
-
-
 def item_at(step: int, rank: int, world: int, n: int, seed: int, repeat: int = 1) -> int:
     """Epoch by epoch through one seeded permutation each, interleaved across ranks; each utterance is
     used for ``repeat`` consecutive steps."""
@@ -381,7 +372,7 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dist, rank, world = _dist()
+    dist, rank, world = data_parallel()
     student, tokenizer = _load(cfg, model, tokenizer)
     items = load_items(cfg.manifests, tokenizer)
     teacher = copy.deepcopy(student).eval()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from edgegate.predictor import (
     sparsity_loss,
     temperature,
 )
+from edgegate.ranks import data_parallel
 from edgegate.student import Student, build_student, item_loss
 from edgegate.train_checkpoint import load_checkpoint, save_checkpoint
 from edgegate.train_config import TrainConfig, TrainingError, parse_range
@@ -99,16 +99,6 @@ def seed_ranking_from_ablation(predictor: GatePredictor, st: Student, examples: 
                                                                            st.in_scope, strict=True) if s}}
         (out / "ablation.json").write_text(json.dumps(report, indent=1) + "\n")
     return margins
-
-
-def _dist():
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
 
 
 def _write_outputs(directory: Path, predictor: GatePredictor, st: Student, cfg: TrainConfig,
@@ -170,7 +160,7 @@ def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dist, rank, world = _dist()
+    dist, rank, world = data_parallel()
     if entries is None:
         entries = read_manifest(cfg.manifest)
     if model is None or tokenizer is None:
