@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from edgegate.errors import EdgegateError
 from edgegate.models.whisper import Whisper
-from edgegate.ranks import data_parallel
+from edgegate.train_loop import checkpoint_due, data_parallel
 from edgegate.weight_delta import model_fingerprint
 
 DROP_SCOPES = ("none", "encoder", "decoder", "both")
@@ -431,8 +431,8 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
             bar.update(1)
             if info:
                 bar.set_postfix(hidden=f"{info['hidden']:.3f}", agree=f"{info['agree']:.2f}")
-        stop = cfg.stop_after is not None and step + 1 >= cfg.stop_after and step + 1 < cfg.steps
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+        due, stop = checkpoint_due(step, cfg)
+        if due:
             if rank == 0:
                 save_checkpoint(out, step + 1, params, opt, cfg, history)
                 write_result(out, params, base, cfg, fingerprint, step + 1, history)

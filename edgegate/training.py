@@ -49,11 +49,11 @@ from edgegate.predictor import (
     sparsity_loss,
     temperature,
 )
-from edgegate.ranks import data_parallel
 from edgegate.student import Student, build_student, item_loss
 from edgegate.train_checkpoint import load_checkpoint, save_checkpoint
 from edgegate.train_config import TrainConfig, TrainingError, parse_range
 from edgegate.train_data import Example, check_entries, load_examples
+from edgegate.train_loop import checkpoint_due, data_parallel
 
 __all__ = ["TrainConfig", "TrainingError", "parse_range", "train", "calibration", "lr_at", "build_student",
            "item_loss", "load_examples"]
@@ -280,8 +280,8 @@ def _loop(run: _Run, start: int, history: list[dict]) -> None:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['task_loss']:.3f}", s=f"{rec['s_hat']:.2f}/{rec['target']:.2f}")
-        stop = cfg.stop_after is not None and step + 1 >= cfg.stop_after and step + 1 < cfg.steps
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+        due, stop = checkpoint_due(step, cfg)
+        if due:
             if rank == 0:
                 save_checkpoint(run.out, step + 1, run.predictor, run.st, run.opt, run.gen, cfg, history)
             if dist:
