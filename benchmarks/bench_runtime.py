@@ -10,7 +10,7 @@ Rows (each clip runs every row in turn, so background load hits all rows alike; 
 - edgegate-dense             the bundle's per-module graphs, all gates on (ORT)
 - edgegate-budget-B          B in 0.25/0.5/0.7: masks from the bundle's gate predictor when it has
                              one, else a static cost-ranked mask (the costliest modules skipped
-                             first, planned exactly by edgegate.budget.plan_mask); the output says which
+                             first, planned exactly by edgegate.budget.keep_mask); the output says which
 Budget rows report free decoding (what a user gets: text, WER, tokens, latency) and forced
 decoding (the decoder fed the dense transcript's tokens, so every row does the same number of
 steps): achieved saving = 1 - forced latency / dense forced latency, next to the FLOP-proportional
@@ -98,7 +98,8 @@ class MonoSession:
 
     def transcribe(self, audio: str, language: str = "en", audio_ctx: int | None = None) -> dict:
         from edgegate.decoding import decode
-        from edgegate.pipeline import encoder_frames, mel_windows, to_samples
+        from edgegate.pipeline import mel_windows, to_samples
+        from edgegate.plan import encoder_frames
 
         t0 = time.perf_counter()
         windows = list(mel_windows(to_samples(audio, 16000), self.dims["n_mels"]))
@@ -124,15 +125,16 @@ class MonoSession:
 def forced_run(session, audio: str, mask: np.ndarray, tokens: list[int], language: str = "en",
                audio_ctx: int | None = None) -> dict:
     """Encoder + cross K/V + a decoder fed ``tokens`` (the dense transcript): equal step counts."""
-    from edgegate.pipeline import encoder_frames, mel_windows, to_samples
+    from edgegate.pipeline import mel_windows, to_samples
+    from edgegate.plan import encoder_frames
 
     t0 = time.perf_counter()
     windows = list(mel_windows(to_samples(audio, 16000), session.dims["n_mels"]))
     w = windows[0]
     t1 = time.perf_counter()
-    _, cross = session.encode(w.mel[None, :, : encoder_frames(w.n_frames, audio_ctx)], mask)
+    window = session.encode(w.mel[None, :, : encoder_frames(w.n_frames, audio_ctx)], mask)
     t2 = time.perf_counter()
-    state = session.decoder_state(cross, mask)
+    state = session.decoder_state(window, mask)
     state.step(np.array([session.tokenizer.sot_sequence(language)], np.int64))
     for tok in tokens:
         state.step(np.array([[tok]], np.int64))
@@ -141,11 +143,11 @@ def forced_run(session, audio: str, mask: np.ndarray, tokens: list[int], languag
 
 
 def static_mask(session, budget: float, scope: str = "both", unit: str = "flops") -> tuple[np.ndarray, float]:
-    from edgegate.budget import plan_mask
+    from edgegate.budget import keep_mask
 
     costs = session.costs(1500, unit=unit)
     t0 = time.perf_counter()
-    mask = plan_mask(session.gate_names, costs, -costs, budget, scope)
+    mask = keep_mask(session.gate_names, costs, -costs, budget, scope)
     return mask, time.perf_counter() - t0
 
 
@@ -156,32 +158,25 @@ def duration_s(path: str) -> float:
 
 
 def flops_total(session, n_tokens: int, n_frames: int = 1500) -> tuple[np.ndarray, float]:
-    from edgegate.models.costs import always_on_costs, module_costs
-    from edgegate.runtimes.session import _Dims
-
-    dims = _Dims(session.dims)
-    gate = module_costs(dims, n_frames, n_tokens)
-    always = sum(c.flops for c in always_on_costs(dims, n_frames, n_tokens).values())
-    g = np.array([gate[n].flops for n in session.gate_names])
-    return g, float(g.sum() + always)
+    g = session.costs(n_frames, n_tokens)
+    return g, float(g.sum() + session.always_on_flops(n_frames, n_tokens))
 
 
 def ms_total(session, n_tokens: int, n_frames: int = 1500) -> tuple[np.ndarray, float]:
     """(measured ms per gate, ms of the whole utterance) at this shape, from the bundle's profile."""
-    from edgegate.runtimes.profiling import measured_ms
-    from edgegate.runtimes.session import _Dims
+    from edgegate.runtimes.latency import measured_ms
 
-    costs, dims = session.bundle.manifest["costs"], _Dims(session.dims)
-    gate = measured_ms(costs, dims, n_frames, n_tokens)
-    always = sum(measured_ms(costs, dims, n_frames, n_tokens, always_on=True).values())
+    costs, b = session.bundle.manifest["costs"], session.bundle
+    gate = measured_ms(costs, b.gate_terms, n_frames, n_tokens)
+    always = sum(measured_ms(costs, b.always_on_terms, n_frames, n_tokens, always_on=True).values())
     g = np.array([gate[n] for n in session.gate_names])
     return g, float(g.sum() + always)
 
 
 def ensure_ms_profile(bundle_dir: Path, threads: int):
     """The session, after profiling the bundle into its manifest if it has no measured ms yet."""
-    from edgegate.runtimes.profiling import format_table, profile_bundle, write_profile
-    from edgegate.runtimes.session import Session, _Dims
+    from edgegate.runtimes.latency import format_latency_table, measure_latency, write_latency_table
+    from edgegate.runtimes.session import Session
 
     session = Session.load(bundle_dir, threads=threads)
     meta = session.bundle.manifest["costs"].get("ms_meta")
@@ -191,11 +186,12 @@ def ensure_ms_profile(bundle_dir: Path, threads: int):
                   flush=True)
         return session
     t0 = time.perf_counter()
-    prof = profile_bundle(session)
-    write_profile(bundle_dir, prof)
+    prof = measure_latency(session)
+    write_latency_table(bundle_dir, prof)
     print(f"# profiled {bundle_dir.name} in {time.perf_counter() - t0:.0f} s (edgegate profile, {threads} threads):",
           flush=True)
-    print("\n".join(f"#   {line}" for line in format_table(prof, _Dims(session.dims), session.gate_names).splitlines()),
+    terms = {**session.bundle.gate_terms, **session.bundle.always_on_terms}
+    print("\n".join(f"#   {line}" for line in format_latency_table(prof, terms, session.gate_names).splitlines()),
           flush=True)
     return Session.load(bundle_dir, threads=threads)
 
@@ -230,7 +226,7 @@ _ET: dict = {}
 def resolve_gates(args) -> str | None:
     """--gates as a gate-set name/path or None: auto = the model's shipped set if it has one."""
     if args.gates == "auto":
-        from edgegate.gated import shipped_gate_sets
+        from edgegate.gate_set import shipped_gate_sets
 
         return Path(args.model).name if Path(args.model).name in shipped_gate_sets() else None
     return None if args.gates == "none" else args.gates
@@ -361,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edgegate.budget import Budget
-    from edgegate.export.onnx_export import export_bundle, export_monolithic
-    from edgegate.pipeline import encoder_frames
+    from edgegate.export.core import export_bundle
+    from edgegate.export.monolithic import export_monolithic
+    from edgegate.plan import encoder_frames
     from edgegate.runtimes.bundle import Bundle
     from edgegate.runtimes.session import Session
     from edgegate.transcriber import WhisperModel

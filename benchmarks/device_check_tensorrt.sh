@@ -148,8 +148,9 @@ def _export():
     if not HAS_TORCH:
         out["note"] = "no torch here: only $BUNDLE is used"
         return out
-    from edgegate.export.onnx_export import export_bundle
-    from edgegate.export.tiny import tiny_predictor, tiny_whisper
+    from edgegate.export.core import export_bundle
+    sys.path.insert(0, str(ROOT / "tests"))  # the tiny random model the tests share
+    from tiny import tiny_predictor, tiny_whisper
     t = time.time()
     m = tiny_whisper()
     bundles["tiny"] = export_bundle(work / "device-tiny-jetson", "jetson", m, gates=tiny_predictor(len(m.gate_names)),
@@ -157,7 +158,7 @@ def _export():
     out["tiny_export_s"] = round(time.time() - t, 1)
     t = time.time()
     try:
-        from edgegate.gated import shipped_gate_sets
+        from edgegate.gate_set import shipped_gate_sets
         gates = "whisper-base" if "whisper-base" in shipped_gate_sets() else None
         bundles["base"] = export_bundle(work / "device-base-jetson", "jetson", "whisper-base", gates=gates, force=True,
                                         progress=False, log=lambda s: None)

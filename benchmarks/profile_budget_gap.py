@@ -18,8 +18,10 @@ from bench_runtime import static_mask  # noqa: E402
 
 from edgegate.data.librivox import load_clips  # noqa: E402
 from edgegate.models.costs import always_on_costs, module_costs  # noqa: E402
-from edgegate.pipeline import encoder_frames, mel_windows, to_samples  # noqa: E402
-from edgegate.runtimes.session import Session, _Dims  # noqa: E402
+from edgegate.models.whisper_layout import ModelDims  # noqa: E402
+from edgegate.pipeline import mel_windows, to_samples  # noqa: E402
+from edgegate.plan import encoder_frames  # noqa: E402
+from edgegate.runtimes.session import Session  # noqa: E402
 
 REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 s = Session.load(ROOT / "bundles" / "bench-whisper-base-cpu", threads=1)
@@ -42,7 +44,7 @@ def wrap(mod, name):
 
 
 seen = set()
-for mod in list(s.modules.values()) + list(s.adapters.values()) + [s._embed, s._logits]:
+for mod in list(s.modules.values()) + list(s.adapters.values()):
     if id(mod) not in seen:
         seen.add(id(mod))
         wrap(mod, names.get(id(mod), "?"))
@@ -64,10 +66,10 @@ def forced(clip, mask, tokens):
     t0 = time.perf_counter()
     w = list(mel_windows(to_samples(str(clip), 16000), s.dims["n_mels"]))[0]
     t1 = time.perf_counter()
-    _, cross = s.encode(w.mel[None, :, : encoder_frames(w.n_frames, None)], mask)
+    window = s.encode(w.mel[None, :, : encoder_frames(w.n_frames, None)], mask)
     t2 = time.perf_counter()
     enc_mod = sum(acc.values())
-    st = s.decoder_state(cross, mask)
+    st = s.decoder_state(window, mask)
     st.step(np.array([s.tokenizer.sot_sequence("en")], np.int64))
     for tok in tokens:
         st.step(np.array([[tok]], np.int64))
@@ -101,7 +103,7 @@ for utt, wav, _ in clips:
         res[k].append({"clip": utt, "tokens": len(toks[utt]), **best})
     print(utt, "done", flush=True)
 
-dims = _Dims(s.dims)
+dims = ModelDims(**s.dims)
 out = {"repeats": REPEATS, "threads": 1, "per_clip": res, "flops": {}}
 for utt, _, _ in clips:
     n_tok = 4 + len(toks[utt])

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from edgegate.errors import EdgegateError
 from edgegate.models.whisper import Whisper
+from edgegate.train_loop import checkpoint_due, data_parallel
 from edgegate.weight_delta import model_fingerprint
 
 DROP_SCOPES = ("none", "encoder", "decoder", "both")
@@ -251,16 +252,6 @@ def load_items(manifests: list[str], tokenizer) -> list[Item]:
     return items
 
 
-def _dist():
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
-
-
 def item_at(step: int, rank: int, world: int, n: int, seed: int, repeat: int = 1) -> int:
     """Epoch by epoch through one seeded permutation each, interleaved across ranks; each utterance is
     used for ``repeat`` consecutive steps."""
@@ -341,7 +332,7 @@ def student_input(samples: np.ndarray, cfg: AdaptConfig, n_mels: int, rng: np.ra
                   ) -> tuple[np.ndarray, int]:
     """Augmented audio -> the trimmed mel the student sees (real frames + a random margin)."""
     from edgegate.data.augment import Augmenter
-    from edgegate.pipeline import encoder_frames
+    from edgegate.plan import encoder_frames
 
     if cfg.augment:
         samples = Augmenter(rng).apply(samples)
@@ -381,7 +372,7 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dist, rank, world = _dist()
+    dist, rank, world = data_parallel()
     student, tokenizer = _load(cfg, model, tokenizer)
     items = load_items(cfg.manifests, tokenizer)
     teacher = copy.deepcopy(student).eval()
@@ -440,8 +431,8 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
             bar.update(1)
             if info:
                 bar.set_postfix(hidden=f"{info['hidden']:.3f}", agree=f"{info['agree']:.2f}")
-        stop = cfg.stop_after is not None and step + 1 >= cfg.stop_after and step + 1 < cfg.steps
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+        due, stop = checkpoint_due(step, cfg)
+        if due:
             if rank == 0:
                 save_checkpoint(out, step + 1, params, opt, cfg, history)
                 write_result(out, params, base, cfg, fingerprint, step + 1, history)

@@ -131,14 +131,20 @@ def prepare_audio(samples: np.ndarray, sample_rate: int, *, max_seconds: float |
     return np.array(x, dtype=np.float32, order="C", copy=True)
 
 
-def load_audio(path: str | os.PathLike[str], *, max_seconds: float | None = None) -> np.ndarray:
-    """Read an audio file with soundfile and return float32 mono 16 kHz samples (see prepare_audio)."""
+def audio_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or a one-line AudioError when it is missing or a directory."""
     p = Path(path)
     if not p.exists():
         hint = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
         raise AudioError(f"audio file not found: {p}; check the path{hint}")
     if p.is_dir():
         raise AudioError(f"audio path is a directory, not a file: {p}; pass the path of one audio file")
+    return p
+
+
+def load_audio(path: str | os.PathLike[str], *, max_seconds: float | None = None) -> np.ndarray:
+    """Read an audio file with soundfile and return float32 mono 16 kHz samples (see prepare_audio)."""
+    p = audio_file(path)
 
     try:
         with sf.SoundFile(str(p)) as f:

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from edgegate.audio import SAMPLE_RATE, _one_line, prepare_audio
+from edgegate.audio import SAMPLE_RATE, _one_line, audio_file, prepare_audio
 from edgegate.errors import AudioError
 
 BLOCK_SECONDS = 30.0
@@ -76,13 +76,7 @@ class FileSource:
     """
 
     def __init__(self, path: str | os.PathLike[str]):
-        p = Path(path)
-        if not p.exists():
-            hint = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
-            raise AudioError(f"audio file not found: {p}; check the path{hint}")
-        if p.is_dir():
-            raise AudioError(f"audio path is a directory, not a file: {p}; pass the path of one audio file")
-        self.path = p
+        self.path = p = audio_file(path)
         with self._sound_file() as f:
             self.rate, self.frames = f.samplerate, f.frames
         if self.frames <= 0:

@@ -79,7 +79,7 @@ def _check_names(names: Sequence[str]) -> list[str]:
     return names
 
 
-def plan_mask(
+def keep_mask(
     names: Sequence[str],
     costs: np.ndarray,
     keep_scores: np.ndarray,
@@ -208,6 +208,6 @@ class Budget:
             "pinned": list(self.pinned),
         }
 
-    def plan(self, names: Sequence[str], costs: np.ndarray, keep_scores: np.ndarray) -> np.ndarray:
-        """:func:`plan_mask` with this budget's value, scope and pinned modules."""
-        return plan_mask(names, costs, keep_scores, self.value, self.scope, self.pinned)
+    def keep_mask(self, names: Sequence[str], costs: np.ndarray, keep_scores: np.ndarray) -> np.ndarray:
+        """:func:`keep_mask` with this budget's value, scope and pinned modules."""
+        return keep_mask(names, costs, keep_scores, self.value, self.scope, self.pinned)

@@ -48,21 +48,32 @@ class Utterance:
     mask: list[bool] | None
 
 
-def whisper_cost_fn(dims: Any, audio_ctx: int | None) -> CostFn:
-    """Cost function for a Whisper model (``dims`` needs ModelDims' fields; no torch needed)."""
-    from edgegate.gated import planning_costs
-    from edgegate.models.costs import always_on_costs
-    from edgegate.pipeline import encoder_frames
+def request_cost_fn(gate_costs: Callable[..., np.ndarray], always_on: Callable[[int, int], float],
+                    audio_ctx: int | None) -> CostFn:
+    """Cost function of a model: FLOPs of each gate and of the always-on parts, for the tokens really decoded.
+
+    ``gate_costs(positions, tokens)`` and ``always_on(positions, tokens)`` come from the model's cost
+    terms (the PyTorch model's :func:`edgegate.models.costs.flop_costs`, or a bundle's manifest).
+    """
+    from edgegate.plan import encoder_frames
 
     def cost(result) -> tuple[np.ndarray, float]:
-        n_frames = min(3000, int(math.ceil(result.duration * 100)))
+        n_frames = max(1, min(3000, int(math.ceil(result.duration * 100))))
         n_tokens = 4 + len(result.tokens) + 1
-        _, costs = planning_costs(dims, n_frames, audio_ctx, result.duration, n_tokens=n_tokens)
-        positions = encoder_frames(max(n_frames, 1), audio_ctx) // 2
-        fixed = sum(c.flops for c in always_on_costs(dims, positions, n_tokens).values())
-        return costs, float(fixed)
+        positions = encoder_frames(n_frames, audio_ctx) // 2
+        return gate_costs(positions, n_tokens), float(always_on(positions, n_tokens))
 
     return cost
+
+
+def whisper_cost_fn(dims: Any, audio_ctx: int | None) -> CostFn:
+    """Cost function for a Whisper model (``dims`` needs ModelDims' fields; no torch needed)."""
+    from edgegate.models.costs import always_on_costs, flop_costs
+
+    def always_on(positions: int, tokens: int) -> float:
+        return sum(c.flops for c in always_on_costs(dims, positions, tokens).values())
+
+    return request_cost_fn(flop_costs(dims), always_on, audio_ctx)
 
 
 def _group(u: Utterance) -> str:

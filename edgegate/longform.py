@@ -21,7 +21,8 @@ from edgegate.alignment import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_wo
 from edgegate.decoding import DecodeOptions, DecodeResult, DecoderState, decode_window, detect_language
 from edgegate.errors import EdgegateError
 from edgegate.frontend import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
-from edgegate.pipeline import Segment, TranscriptionInfo, encoder_frames
+from edgegate.pipeline import Segment, TranscriptionInfo
+from edgegate.plan import encoder_frames
 from edgegate.repetition import find_repetition
 
 INPUT_STRIDE = 2  # mel frames per encoder position

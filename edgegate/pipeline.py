@@ -1,18 +1,24 @@
-"""What every transcriber shares (PyTorch model and torch-free runtime): audio in, 30-s log-mel
-windows, segments out. No torch here.
+"""What every transcriber shares (PyTorch model and torch-free runtime): audio in, one log-mel per
+request, 30-s windows, segments out. No torch here.
+
+    features = MelFeatures.of(samples, n_mels)          # the log-mel, computed once per request
+    plan = planner.plan(features.request, ...)          # edgegate.plan: what runs
+    result = transcribe_windows(features, plan, encode, make_state, ...)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from edgegate.audio import load_audio, prepare_audio
 from edgegate.frontend import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from edgegate.plan import Plan, RequestFeatures
 
 
 @dataclass
@@ -84,6 +90,31 @@ class MelWindow:
     n_frames: int  # frames that hold audio (the rest is padding)
 
 
+class MelFeatures:
+    """The log-mel of one request's audio, computed once (padded by 30 s, as Whisper does)."""
+
+    def __init__(self, mel: np.ndarray, n_samples: int):
+        self.mel = mel
+        self.content = mel.shape[-1] - N_FRAMES  # frames that hold audio
+        self.duration = n_samples / SAMPLE_RATE
+
+    @classmethod
+    def of(cls, samples: np.ndarray, n_mels: int = 80) -> MelFeatures:
+        return cls(log_mel_spectrogram(samples, n_mels, padding=N_SAMPLES), len(samples))
+
+    @cached_property
+    def request(self) -> RequestFeatures:
+        """What the planner reads (pooled statistics only when a predictor asks for them)."""
+        return RequestFeatures(self.mel, self.content, self.duration)
+
+    def windows(self) -> Iterator[MelWindow]:
+        """Whisper's 30-s windows over the whole-audio log-mel."""
+        for seek in range(0, max(self.content, 1), N_FRAMES):
+            window = self.mel[:, seek: seek + N_FRAMES]
+            n = min(N_FRAMES, self.content - seek)
+            yield MelWindow(seek * HOP_LENGTH / SAMPLE_RATE, (seek + n) * HOP_LENGTH / SAMPLE_RATE, window, n)
+
+
 def to_samples(audio: str | np.ndarray, sample_rate: int) -> np.ndarray:
     """A file path or an array, as float32 mono 16 kHz (resampled, mixed down, validated)."""
     if isinstance(audio, str) or hasattr(audio, "__fspath__"):
@@ -93,58 +124,43 @@ def to_samples(audio: str | np.ndarray, sample_rate: int) -> np.ndarray:
 
 def mel_windows(samples: np.ndarray, n_mels: int = 80) -> Iterator[MelWindow]:
     """Whisper's 30-s windows over the whole-audio log-mel (computed once, padded by 30 s)."""
-    mel = log_mel_spectrogram(samples, n_mels, padding=N_SAMPLES)
-    content = mel.shape[-1] - N_FRAMES
-    for seek in range(0, max(content, 1), N_FRAMES):
-        window = mel[:, seek: seek + N_FRAMES]
-        n = min(N_FRAMES, content - seek)
-        yield MelWindow(seek * HOP_LENGTH / SAMPLE_RATE, (seek + n) * HOP_LENGTH / SAMPLE_RATE, window, n)
+    return MelFeatures.of(samples, n_mels).windows()
 
 
-def encoder_frames(n_frames: int, audio_ctx: int | None) -> int:
-    """Mel frames the encoder sees: the full 30 s, or (trimmed context) the audio plus a margin.
-
-    ``audio_ctx`` is a margin in encoder positions (whisper.cpp's audio_ctx idea); the result is even
-    because the conv stem halves the frame count.
-    """
-    if audio_ctx is None:
-        return N_FRAMES
-    return min(N_FRAMES, 2 * (-(-n_frames // 2) + audio_ctx))
-
-
-def transcribe_windows(windows: Sequence[MelWindow], encode: Callable[[np.ndarray], Any],
+def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.ndarray], Any],
                        make_state: Callable[[Any], Any], tokenizer: Any, n_vocab: int, language: str | None,
-                       task: str, beam_size: int, max_tokens: int, audio_ctx: int | None, duration: float,
-                       mask: list[bool] | None, timings: dict[str, float], t0: float) -> Transcription:
+                       task: str, beam_size: int, max_tokens: int, timings: dict[str, float], t0: float,
+                       mask: list[bool] | None = None) -> Transcription:
     """Fixed 30-s windows without timestamps: the short-utterance path (one segment per window).
 
     Every transcriber shares it, whatever runs the model; long-form transcription with timestamps,
     seeking and fallback is :func:`edgegate.longform.transcribe_long`.
 
-    ``encode(mel (1, n_mels, frames))`` returns the cross-attention K/V of one window (its mel
-    trimmed to ``audio_ctx``), ``make_state(cross)`` a fresh decoder state over them. Adds encoder
-    and decoder seconds to ``timings`` and ``total`` since ``t0``. The language, when not given, is
-    detected once on the first window and kept, as Whisper does.
+    ``encode(mel (1, n_mels, frames))`` returns what the decoder needs of one window (its mel
+    trimmed to the plan's encoder length), ``make_state(encoded)`` a fresh decoder state over it.
+    Adds encoder and decoder seconds to ``timings`` and ``total`` since ``t0``. The language, when
+    not given, is detected once on the first window and kept, as Whisper does. ``mask`` is what
+    the result reports as kept modules (None = dense).
     """
     from edgegate.decoding import decode
 
     segments: list[Segment] = []
     probability = None
-    for window in windows:
+    for window in features.windows():
         t1 = time.perf_counter()
-        cross = encode(window.mel[None, :, :encoder_frames(window.n_frames, audio_ctx)])
+        encoded = encode(window.mel[None, :, :plan.frames_for(window.n_frames)])
         t2 = time.perf_counter()
-        result = decode(lambda c=cross: make_state(c), tokenizer, n_vocab, language, task, beam_size,
+        result = decode(lambda e=encoded: make_state(e), tokenizer, n_vocab, language, task, beam_size,
                         max_tokens=max_tokens)
-        timings["encoder"] += t2 - t1
-        timings["decoder"] += time.perf_counter() - t2
+        timings["encoder"] = timings.get("encoder", 0.0) + t2 - t1
+        timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - t2
         if language is None:
             language, probability = result.language, result.language_probs.get(result.language)
         segments.append(Segment(len(segments), window.start, window.end, tokenizer.decode(result.tokens).strip(),
                                 result.tokens, avg_logprob=result.avg_logprob, temperature=0.0))
     timings["total"] = time.perf_counter() - t0
     text = " ".join(s.text for s in segments if s.text)
-    return Transcription(text, segments, language or "", probability, duration, task, mask, timings)
+    return Transcription(text, segments, language or "", probability, features.duration, task, mask, timings)
 
 
 def collect(segments: Iterator[Segment], info: TranscriptionInfo) -> Transcription:

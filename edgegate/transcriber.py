@@ -25,14 +25,15 @@ from edgegate.models.loaders import load_whisper
 from edgegate.models.registry import resolve_model, tokenizer_path
 from edgegate.models.whisper import Gate, Whisper
 from edgegate.pipeline import (
+    MelFeatures,
     Segment,
     Transcription,
     TranscriptionInfo,
     collect,
-    mel_windows,
     to_samples,
     transcribe_windows,
 )
+from edgegate.plan import Plan, encoder_frames
 from edgegate.tokenizer import WhisperTokenizer
 
 
@@ -188,12 +189,18 @@ class WhisperModel:
         if language is not None:
             language = self.tokenizer.normalize_language(language)
         samples = to_samples(audio, sample_rate)
-        ports = self.ports(mask)
-        timings = {"frontend": 0.0, "encoder": 0.0, "decoder": 0.0}
         t_front = time.perf_counter()
-        windows = list(mel_windows(samples, self.model.dims.n_mels))
-        timings["frontend"] = time.perf_counter() - t_front
-        return transcribe_windows(windows, ports.encode, ports.make_state, self.tokenizer, self.model.dims.n_vocab,
-                                  language, task, beam_size, self.model.dims.n_text_ctx // 2, audio_ctx,
-                                  len(samples) / 16000, None if mask is None else [bool(m) for m in mask],
-                                  timings, t0)
+        features = MelFeatures.of(samples, self.model.dims.n_mels)
+        timings = {"frontend": time.perf_counter() - t_front, "encoder": 0.0, "decoder": 0.0}
+        keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        plan = Plan(keep, audio_ctx, encoder_frames(features.request.frames, audio_ctx))
+        return self.run_windows(features, plan, language, task, beam_size, timings, t0,
+                                None if mask is None else [bool(m) for m in mask])
+
+    def run_windows(self, features: MelFeatures, plan: Plan, language: str | None, task: str, beam_size: int,
+                    timings: dict[str, float], t0: float, mask: list[bool] | None) -> Transcription:
+        """The fixed-window path for a request whose log-mel and plan are computed (the gated model's)."""
+        ports = self.ports(None if plan.dense else plan.mask)
+        return transcribe_windows(features, plan, ports.encode, ports.make_state, self.tokenizer,
+                                  self.model.dims.n_vocab, language, task, beam_size, self.model.dims.n_text_ctx // 2,
+                                  timings, t0, mask)

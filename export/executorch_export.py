@@ -1,7 +1,7 @@
 """Export a gated Whisper as an ExecuTorch bundle: every module a method of ONE ``model.pte`` (XNNPACK).
 
-The subgraphs are the ONNX exporter's: the same ``nn.Module`` wrappers from
-:func:`edgegate.export.onnx_export.graph_jobs` (each computes a whole residual step, so a skipped
+The subgraphs are the ONNX target's: the same ``nn.Module`` wrappers from
+:func:`edgegate.export.whisper_graphs.module_jobs` (each computes a whole residual step, so a skipped
 module is a method that is not called), the same names, kinds, stages, gates, FLOPs and skip
 adapters. Each becomes one method of a single multi-method program::
 
@@ -14,7 +14,7 @@ of the manifest has ``file = "model.pte"`` and ``method = <module name>``; adapt
 covers ``model.pte``, so a modified program is refused before anything runs.
 
 Shapes. ExecuTorch plans memory for the upper bound of every dynamic axis, so each axis gets a
-finite range (:func:`edgegate.runtimes.backends.executorch.axis_bounds`, recorded in the
+finite range (:func:`edgegate.runtimes.schema.axis_bounds`, recorded in the
 manifest under ``executorch.axes``): ``frames`` 2..n_audio_ctx, ``mel_frames`` 4..2*n_audio_ctx
 (declared as 2 * frames: torch.export cannot prove the stem's guards otherwise), ``tokens``
 1..``max_step_tokens`` (the prompt step has 3-4 tokens, later steps 1), ``past``
@@ -37,21 +37,19 @@ by content). The token embedding is stored twice, as in the ONNX bundle: once fo
 fully-connected op of ``decoder.logits``.
 
 Needs ``pip install torch==2.13.0 executorch==1.4.1`` (pin torch in the same command on CPU
-machines, see shared/notes/stack.md). Lowering costs a few seconds per method.
+machines, see shared/notes/stack.md). Lowering costs a few seconds per method. Everything else
+(inputs, module entries, manifest, atomic writing) is the export core's (:mod:`edgegate.export.core`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import io
 import logging
-import platform
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -59,44 +57,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import edgegate
-from edgegate.errors import BackendError, BudgetError, ModelError
+from edgegate.errors import BackendError, ModelError
 from edgegate.export.bundle_writer import BundleWriter
-from edgegate.export.onnx_export import (
-    CrossAttention,
-    GraphJob,
-    Logits,
-    PredictorScores,
-    _param_bytes,
-    _tensor_specs,
-    default_out,
-    graph_jobs,
-    load_export_inputs,
-    manifest_core,
-    predictor_entry,
-)
+from edgegate.export.core import PREDICTOR, check_request, export_with
+from edgegate.export.graph_job import GraphJob, param_bytes
 from edgegate.export.profiles import DeviceProfile, get_profile
+from edgegate.export.whisper_graphs import CrossAttention, Logits
 from edgegate.models.whisper import Whisper
-from edgegate.runtimes.backends.executorch import (
+from edgegate.runtimes.backends.executorch import PTE_FILE
+from edgegate.runtimes.schema import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_STEP_TOKENS,
-    PTE_FILE,
+    GraphSpec,
+    Limits,
+    TensorSpec,
     axis_bounds,
     fixed_axis,
 )
 
-PREDICTOR_METHOD = "predictor"
+PREDICTOR_METHOD = PREDICTOR
 # Example sizes for tracing dynamic axes: distinct and >= 2, so torch.export neither specialises an
 # axis to 0/1 nor unifies two axes that merely happen to be equal in the example.
 _EXAMPLE = {"batch": 2, "tokens": 3, "past": 5, "frames": 10, "mel_frames": 20}
 # Axes declared as a multiple of another: torch.export proves the stem's guards only when it knows
-# that the mel frame count is even (the runtime always feeds 2 * frames, see pipeline.encoder_frames).
+# that the mel frame count is even (the runtime always feeds 2 * frames, see plan.encoder_frames).
 _DERIVED = {"mel_frames": ("frames", 2)}
 
 
 # -- ExecuTorch forms of two ONNX wrappers -----------------------------------------------------
 class XnnpackLogits(nn.Module):
-    """:class:`onnx_export.Logits` (same LayerNorm, same weight) as ``F.linear``.
+    """:class:`whisper_graphs.Logits` (same LayerNorm, same weight) as ``F.linear``.
 
     ``matmul(h, weight.t())`` lowers to an XNNPACK transpose of the whole 51865 x d embedding on
     every call followed by a portable ``mm`` (measured, whisper-base, 2 threads: 88 ms per decoder
@@ -113,7 +103,7 @@ class XnnpackLogits(nn.Module):
 
 
 class XnnpackCrossAttention(nn.Module):
-    """:class:`onnx_export.CrossAttention` with the beams folded into the query axis.
+    """:class:`whisper_graphs.CrossAttention` with the beams folded into the query axis.
 
     The audio K/V come at batch 1 for every beam. The ONNX graph broadcasts them in MatMul;
     torch.export spells that broadcast as ``expand_copy`` + reshapes that XNNPACK does not delegate
@@ -163,41 +153,37 @@ def _lib() -> tuple[Any, Any, Any]:
     return to_edge_transform_and_lower, XnnpackPartitioner, et_version
 
 
-def method_shapes(specs: Sequence[tuple[str, str, list[int | str]]], stage: str
-                  ) -> list[tuple[str, str, list[int | str]]]:
+def method_shapes(specs: Sequence[TensorSpec], stage: str) -> tuple[TensorSpec, ...]:
     """The ONNX signature with the axes the ExecuTorch method fixes: batch (and kv_batch) = 1 where
-    the method runs once per utterance; the decoder's cross K/V always come at batch 1."""
+    the method runs once per window; the decoder's cross K/V always come at batch 1."""
     out = []
-    for name, dtype, shape in specs:
-        fixed: list[int | str] = []
-        for axis in shape:
-            size = fixed_axis(axis, stage)
-            fixed.append(axis if size is None else size)
-        out.append((name, dtype, fixed))
-    return out
+    for t in specs:
+        shape = tuple(a if fixed_axis(a, stage) is None else fixed_axis(a, stage) for a in t.shape)
+        out.append(TensorSpec(t.name, t.dtype, shape, t.value))
+    return tuple(out)
 
 
-def _example(specs: Sequence[tuple[str, str, list[int | str]]]) -> tuple[torch.Tensor, ...]:
+def _example(specs: Sequence[TensorSpec]) -> tuple[torch.Tensor, ...]:
     tensors = []
     gen = torch.Generator().manual_seed(0)
-    for _, dtype, shape in specs:
-        size = [a if isinstance(a, int) else _EXAMPLE[a] for a in shape]
-        if dtype == "int64":
+    for t in specs:
+        size = [a if isinstance(a, int) else _EXAMPLE[a] for a in t.shape]
+        if t.dtype == "int64":
             tensors.append(torch.zeros(size, dtype=torch.long))
         else:
             tensors.append(torch.randn(size, generator=gen))
     return tuple(tensors)
 
 
-def _dynamic_shapes(specs: Sequence[tuple[str, str, list[int | str]]],
-                    bounds: dict[str, tuple[int, int, int]]) -> tuple[dict[int, Any], ...]:
+def _dynamic_shapes(specs: Sequence[TensorSpec], bounds: dict[str, tuple[int, int, int]]
+                    ) -> tuple[dict[int, Any], ...]:
     from torch.export import Dim
 
     dims: dict[str, Any] = {}
     out = []
-    for _, _, shape in specs:
+    for t in specs:
         axes = {}
-        for i, a in enumerate(shape):
+        for i, a in enumerate(t.shape):
             if isinstance(a, str):
                 if a not in bounds:
                     raise ModelError(f"exporter bug: no ExecuTorch bound for dynamic axis {a!r}")
@@ -209,8 +195,7 @@ def _dynamic_shapes(specs: Sequence[tuple[str, str, list[int | str]]],
     return tuple(out)
 
 
-def export_program(module: nn.Module, specs: Sequence[tuple[str, str, list[int | str]]],
-                   bounds: dict[str, tuple[int, int, int]]) -> Any:
+def export_program(module: nn.Module, specs: Sequence[TensorSpec], bounds: dict[str, tuple[int, int, int]]) -> Any:
     """``torch.export.export`` of one wrapper with the method's dynamic axes (quietly)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -219,35 +204,16 @@ def export_program(module: nn.Module, specs: Sequence[tuple[str, str, list[int |
 
 
 class _Method:
-    """One method of the program: name, stage, wrapper and its (ExecuTorch) I/O signature."""
+    """One method of the program: a graph job in its ExecuTorch form and (ExecuTorch) signature."""
 
-    def __init__(self, name: str, stage: str, module: nn.Module, inputs: list, outputs: list):
-        self.name, self.stage, self.module = name, stage, executorch_form(module)
-        self.inputs = method_shapes(inputs, stage)
-        self.outputs = method_shapes(outputs, stage)
-
-
-def _methods(jobs: Sequence[GraphJob], predictor: nn.Module | None, n_mels: int, n_gates: int) -> list[_Method]:
-    out = []
-    for job in jobs:
-        out.append(_Method(job.name, job.stage, job.module, job.inputs, job.outputs))
-        if job.adapter is not None:
-            a = job.adapter
-            out.append(_Method(f"{job.gate}.adapter", job.stage, a.module, a.inputs, a.outputs))
-    if predictor is not None:
-        out.append(_Method(PREDICTOR_METHOD, "predictor", PredictorScores(predictor), *predictor_signature(n_mels,
-                                                                                                            n_gates)))
-    return out
+    def __init__(self, job: GraphJob):
+        self.job = job
+        self.name, self.stage, self.module = job.name, job.stage, executorch_form(job.module)
+        self.inputs = method_shapes(job.inputs, job.stage)
+        self.outputs = method_shapes(job.outputs, job.stage)
 
 
-def predictor_signature(n_mels: int, n_gates: int) -> tuple[list, list]:
-    ins = [("stats", "float32", ["batch", 2 * n_mels]), ("lang", "int64", ["batch"]),
-           ("task", "int64", ["batch"]), ("budget", "float32", ["batch"])]
-    outs = [("keep", "float32", ["batch", n_gates])]
-    return ins, outs
-
-
-def _bounds_pass(inputs: Sequence[tuple[str, str, list[int | str]]], bounds: dict[str, tuple[int, int, int]]) -> Any:
+def _bounds_pass(inputs: Sequence[TensorSpec], bounds: dict[str, tuple[int, int, int]]) -> Any:
     """ExecuTorch's symbolic-shape pass, with the upper bounds taken from the method's signature.
 
     ExecuTorch plans memory by evaluating every tensor's symbolic shape at its upper bound from the
@@ -262,7 +228,7 @@ def _bounds_pass(inputs: Sequence[tuple[str, str, list[int | str]]], bounds: dic
     from torch.utils import _pytree as pytree
     from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
 
-    shapes = {name: shape for name, _, shape in inputs}
+    shapes = {t.name: t.shape for t in inputs}
 
     class SignatureBoundsPass(PassBase):
         def call(self, graph_module: Any) -> Any:
@@ -300,7 +266,7 @@ def _bounds_pass(inputs: Sequence[tuple[str, str, list[int | str]]], bounds: dic
     return SignatureBoundsPass()
 
 
-def lower(programs: dict[str, Any], signatures: dict[str, Sequence[tuple[str, str, list[int | str]]]],
+def lower(programs: dict[str, Any], signatures: dict[str, Sequence[TensorSpec]],
           bounds: dict[str, tuple[int, int, int]], on_method: Callable[[str], None] | None = None) -> Any:
     """Lower exported programs (one per method) to one XNNPACK-delegated ExecuTorch program.
 
@@ -339,19 +305,91 @@ def lower(programs: dict[str, Any], signatures: dict[str, Sequence[tuple[str, st
         quiet.setLevel(level)
 
 
-def check_plan(prog: Any, signatures: dict[str, Sequence[tuple[str, str, list[int | str]]]],
-               bounds: dict[str, tuple[int, int, int]]) -> None:
+def check_memory_bounds(prog: Any, signatures: dict[str, Sequence[TensorSpec]],
+                        bounds: dict[str, tuple[int, int, int]]) -> None:
     """Every method's inputs must be planned for the signature's upper bounds (ModelError if not)."""
     for name, inputs in signatures.items():
         planned = {n.name: n.meta.get("spec") for n in prog.exported_program(name).graph.nodes
                    if n.op == "placeholder"}
-        for inp, _, shape in inputs:
-            want = [a if isinstance(a, int) else bounds[a][2] for a in shape]
-            spec = planned.get(inp)
+        for t in inputs:
+            want = [a if isinstance(a, int) else bounds[a][2] for a in t.shape]
+            spec = planned.get(t.name)
             got = list(getattr(spec, "shape", []) or [])
             if got != want:
-                raise ModelError(f"exporter bug: ExecuTorch planned {name}.{inp} as {got}, the signature needs "
-                                 f"{want} ({list(shape)})")
+                raise ModelError(f"exporter bug: ExecuTorch planned {name}.{t.name} as {got}, the signature needs "
+                                 f"{want} ({list(t.shape)})")
+
+
+class ExecuTorchTarget:
+    """Every graph a method of one ``model.pte``, lowered to XNNPACK with memory planned for the bounds."""
+
+    format = "pte"
+
+    def __init__(self, max_batch: int = DEFAULT_MAX_BATCH, max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS):
+        if not (1 <= int(max_batch) <= 64) or not (1 <= int(max_step_tokens)):
+            raise BackendError(f"max_batch must be in 1..64 and max_step_tokens >= 1, got {max_batch}, "
+                               f"{max_step_tokens}")
+        _, _, self.version = _lib()  # fail early (one line) when executorch is missing
+        self.max_batch, self.max_step_tokens = int(max_batch), int(max_step_tokens)
+        self.bounds: dict[str, tuple[int, int, int]] = {}
+        self.methods: list[str] = []
+        self.seconds: dict[str, float] = {}
+
+    def steps(self, graphs: Sequence[GraphJob]) -> int:
+        return 2 * len(graphs) + 1  # torch.export and XNNPACK partitioning per method, then the emitter
+
+    def write(self, graphs: Sequence[GraphJob], writer: BundleWriter, tick: Callable[[str], None], limits: Limits
+              ) -> dict[str, GraphSpec]:
+        self.bounds = axis_bounds(limits, max_batch=self.max_batch, max_step_tokens=self.max_step_tokens)
+        methods = [_Method(g) for g in graphs]
+        t0 = time.perf_counter()
+        programs = {}
+        for m in methods:
+            try:
+                programs[m.name] = export_program(m.module, m.inputs, self.bounds)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelError(f"torch.export failed for {m.name} ({first}); this model cannot be exported to "
+                                 "ExecuTorch as is") from None
+            tick(f"export {m.name}")
+        t1 = time.perf_counter()
+        signatures = {m.name: m.inputs for m in methods}
+        try:
+            prog = lower(programs, signatures, self.bounds, on_method=lambda name: tick(f"lower {name}"))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"ExecuTorch lowering failed ({type(exc).__name__}: {first})") from None
+        check_memory_bounds(prog, signatures, self.bounds)
+        t2 = time.perf_counter()
+        with open(writer.path_for(PTE_FILE), "wb") as f:
+            prog.write_to_file(f)
+        writer.add(PTE_FILE)
+        tick(f"write {PTE_FILE}")
+        self.methods = [m.name for m in methods]
+        self.seconds = {"torch_export": round(t1 - t0, 2), "lower": round(t2 - t1, 2),
+                        "total": round(time.perf_counter() - t0, 2)}
+        return {m.name: GraphSpec(m.name, m.stage, PTE_FILE, m.name, m.inputs, m.outputs, param_bytes(m.job.module))
+                for m in methods}
+
+    def sections(self) -> dict[str, Any]:
+        return {"executorch": {
+            "program": PTE_FILE, "methods": self.methods, "delegate": "XnnpackBackend",
+            "axes": {k: list(v) for k, v in self.bounds.items()},
+            "max_batch": self.max_batch, "max_step_tokens": self.max_step_tokens,
+            "note": "memory is planned for each axis's upper bound; batch is fixed at 1 for the encoder, "
+                    "cross K/V and predictor methods and for the decoder's cross K/V inputs",
+        }}
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "executorch": self.version,
+            "exporter": "torch.export.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
+            "export_seconds": self.seconds,
+            "notes": ["every module is a method of model.pte; token embedding stored twice (decoder.embed "
+                      "gathers on portable kernels, decoder.logits is an XNNPACK linear)",
+                      "decoder.logits and decoder.<i>.cross_attn use XNNPACK-friendly forms of the ONNX "
+                      "wrappers (edgegate.export.executorch_export.executorch_form)"],
+        }
 
 
 def export_executorch_bundle(out: str | Path | None = None, target: str | Path | DeviceProfile = "android",
@@ -363,126 +401,18 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
                              max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS) -> Path:
     """Write an ExecuTorch bundle (one multi-method ``model.pte``) for ``target``; returns its path.
 
-    Arguments as :func:`edgegate.export.onnx_export.export_bundle` (whose ``target`` profile says
+    Arguments as :func:`edgegate.export.core.export_bundle` (whose ``target`` profile says
     ``format = "pte"``, e.g. ``android``). ``max_batch`` bounds the beam width and
     ``max_step_tokens`` the tokens of one decoder call (ExecuTorch plans memory for these upper
     bounds; the runtime refuses larger inputs with a one-line error). Atomic: the bundle appears
     by one rename; an existing ``out`` is only replaced with ``force``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    t_start = time.perf_counter()
     profile = get_profile(target)
-    if budget is not None and float(budget) > 0 and gates is None:
-        raise BudgetError(f"--budget {budget} needs a gate predictor to rank modules: export with --gates PATH "
-                          "(or drop --budget for a dense bundle)")
-    if not (1 <= int(max_batch) <= 64) or not (1 <= int(max_step_tokens)):
-        raise BackendError(f"max_batch must be in 1..64 and max_step_tokens >= 1, got {max_batch}, {max_step_tokens}")
-    model_name = "custom" if isinstance(model, Whisper) else str(model)
-    out = Path(out) if out is not None else default_out(model_name, profile)
-    BundleWriter.check_target(out.expanduser().resolve(), force)  # fail before any slow work
-    _, _, et_version = _lib()  # fail early (one line) when executorch is missing
-
-    whisper, tok_path, model_name, predictor, pred_meta, the_budget = load_export_inputs(
-        model, tokenizer, gates, profile, budget, scope)
-    gate_set = pred_meta.get("gate_set") or {}
-
-    dims = asdict(whisper.dims)
-    bounds = axis_bounds(dims, max_batch=max_batch, max_step_tokens=max_step_tokens)
-    jobs = graph_jobs(whisper)
-    methods = _methods(jobs, predictor, whisper.dims.n_mels, len(whisper.gate_names))
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a core dependency
-        tqdm = None
-    # Two ticks per method (torch.export, then XNNPACK partitioning) and one for the emitter.
-    bar = tqdm(total=2 * len(methods) + 1, desc=f"export {profile.name} (executorch)", unit="step",
-               disable=not progress or tqdm is None, file=sys.stderr) if tqdm else None
-
-    def tick(label: str) -> None:
-        if bar:
-            bar.set_postfix_str(label)
-            bar.update(1)
-
-    t_export = time.perf_counter()
-    programs = {}
-    for m in methods:
-        try:
-            programs[m.name] = export_program(m.module, m.inputs, bounds)
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelError(f"torch.export failed for {m.name} ({first}); this model cannot be exported to "
-                             "ExecuTorch as is") from None
-        tick(f"export {m.name}")
-    t_lower = time.perf_counter()
-    try:
-        prog = lower(programs, {m.name: m.inputs for m in methods}, bounds,
-                     on_method=lambda name: tick(f"lower {name}"))
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"ExecuTorch lowering failed ({type(exc).__name__}: {first})") from None
-    check_plan(prog, {m.name: m.inputs for m in methods}, bounds)
-    t_emit = time.perf_counter()
-
-    modules: list[dict[str, Any]] = []
-    with BundleWriter(out, force=force) as w:
-        with open(w.path_for(PTE_FILE), "wb") as f:
-            prog.write_to_file(f)
-        tick("write model.pte")
-        if bar:
-            bar.close()
-        pte_entry = w.add(PTE_FILE)
-        by_name = {m.name: m for m in methods}
-        for job in jobs:
-            meth = by_name[job.name]
-            adapter = None
-            if job.adapter is not None:
-                am = by_name[f"{job.gate}.adapter"]
-                adapter = {"file": PTE_FILE, "method": am.name, "inputs": _tensor_specs(am.inputs),
-                           "outputs": _tensor_specs(am.outputs), "param_bytes": _param_bytes(am.module)}
-            modules.append({
-                "name": job.name, "kind": job.kind, "stage": job.stage, "layer": job.layer, "gate": job.gate,
-                "file": PTE_FILE, "method": meth.name, "inputs": _tensor_specs(meth.inputs),
-                "outputs": _tensor_specs(meth.outputs), "flops": float(job.flops),
-                "param_bytes": _param_bytes(job.module), "adapter": adapter,
-            })
-        pred_entry = None
-        if predictor is not None:
-            pm = by_name[PREDICTOR_METHOD]
-            pred_entry = predictor_entry(PTE_FILE, PREDICTOR_METHOD, pm.inputs, pm.outputs, predictor, pred_meta,
-                                         gates)
-        w.copy_in(tok_path, "tokenizer.json")
-
-        t_done = time.perf_counter()
-        manifest = manifest_core(whisper, model_name, "pte", modules, pred_entry, tok_path, gate_set.get("audio_ctx"),
-                                 profile, the_budget if predictor is not None else None)
-        manifest.update({
-            "executorch": {
-                "program": PTE_FILE, "methods": [m.name for m in methods], "delegate": "XnnpackBackend",
-                "axes": {k: list(v) for k, v in bounds.items()},
-                "max_batch": int(max_batch), "max_step_tokens": int(max_step_tokens),
-                "note": "memory is planned for each axis's upper bound; batch is fixed at 1 for the encoder, "
-                        "cross K/V and predictor methods and for the decoder's cross K/V inputs",
-            },
-            "provenance": {
-                "edgegate": edgegate.__version__, "torch": torch.__version__, "executorch": et_version,
-                "exporter": "torch.export.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> "
-                            "to_executorch",
-                "python": platform.python_version(),
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-                "source_model": model_name,
-                "export_seconds": {"torch_export": round(t_lower - t_export, 2), "lower": round(t_emit - t_lower, 2),
-                                   "total": round(t_done - t_start, 2)},
-                "notes": ["every module is a method of model.pte; token embedding stored twice (decoder.embed "
-                          "gathers on portable kernels, decoder.logits is an XNNPACK linear)",
-                          "decoder.logits and decoder.<i>.cross_attn use XNNPACK-friendly forms of the ONNX "
-                          "wrappers (edgegate.export.executorch_export.executorch_form)"],
-            },
-        })
-        path = w.finish(manifest)
-    log(f"wrote {path} ({len(methods)} methods in {PTE_FILE}, {int(pte_entry['bytes']) / 1e6:.1f} MB, "
-        f"target {profile.name}, {time.perf_counter() - t_start:.0f} s, "
-        f"{'predictor' if predictor is not None else 'no predictor: dense unless a mask is given'})")
-    return path
+    check_request(profile, out, model, gates, budget, force)
+    return export_with(ExecuTorchTarget(max_batch, max_step_tokens), out, profile, model, gates, budget, scope,
+                       force, progress, tokenizer, log)
 
 
-__all__ = ["export_executorch_bundle", "export_program", "lower", "method_shapes", "PREDICTOR_METHOD"]
+__all__ = ["export_executorch_bundle", "ExecuTorchTarget", "export_program", "lower", "method_shapes",
+           "PREDICTOR_METHOD"]

@@ -124,12 +124,9 @@ def user_profile_dirs() -> list[Path]:
     env = os.environ.get("EDGEGATE_PROFILES")
     if env:
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
-    try:
-        from platformdirs import user_config_dir
+    from platformdirs import user_config_dir
 
-        dirs.append(Path(user_config_dir("edgegate")) / "profiles")
-    except ImportError:  # pragma: no cover - platformdirs is a core dependency
-        pass
+    dirs.append(Path(user_config_dir("edgegate")) / "profiles")
     return dirs
 
 

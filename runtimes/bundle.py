@@ -1,15 +1,15 @@
-"""The bundle on disk: schema, reader and integrity check (torch-free).
+"""The bundle on disk: reader, validation and integrity check (torch-free).
 
 A bundle is a directory written by ``edgegate export``::
 
-    manifest.json                  schema, model dims, modules in execution order, hashes, ...
+    manifest.json                  schema, model limits, the execution plan, hashes, costs, ...
     tokenizer.json                 Whisper's tokenizer
     predictor.onnx                 gate predictor (only when exported with --gates)
     encoder.stem.onnx              conv stem + positional embedding          (always runs)
     encoder.<i>.attn.onnx          x -> x + attn(ln(x))                      (gated)
     encoder.<i>.mlp.onnx           x -> x + mlp(ln(x))                       (gated)
     encoder.ln_post.onnx           final encoder LayerNorm                   (always runs)
-    decoder.<i>.cross_kv.onnx      cross-attention K/V, once per utterance   (gated by decoder.<i>.cross_attn)
+    decoder.<i>.cross_kv.onnx      cross-attention K/V, once per window      (gated by decoder.<i>.cross_attn)
     decoder.embed.onnx             token + positional embedding              (always runs)
     decoder.<i>.self_attn.onnx     x, K/V cache -> x + attn(...), grown cache (gated)
     decoder.<i>.cross_attn.onnx    x, K, V -> x + attn(ln(x), K, V)          (gated)
@@ -17,97 +17,54 @@ A bundle is a directory written by ``edgegate export``::
     decoder.logits.onnx            final LayerNorm + output projection, last position only
     <gate>.adapter.onnx            x -> x + adapter(x): runs only in place of a skipped module
 
-``Bundle.open`` refuses a bundle before anything is executed: unknown format or schema version,
-a file listed in the manifest that is missing, of the wrong size or with the wrong SHA-256, or
-a module whose file the manifest does not list. Every refusal is one :class:`BundleError` line
-naming the file and the fix.
+(an ExecuTorch bundle holds every graph as a method of one ``model.pte``). What the manifest may
+say is :mod:`edgegate.runtimes.schema`. ``Bundle.open`` refuses a bundle before anything is
+executed: unknown format or schema version (an older bundle names ``edgegate export --force``), a
+field of the wrong type or out of range, a file path that leaves the bundle directory (``..``,
+absolute, or a symlink out of it), a file listed in the manifest that is missing, of the wrong
+size or with the wrong SHA-256, or a module whose file the manifest does not list. Every refusal
+is one :class:`BundleError` line naming the field or file and the fix; no file outside the
+bundle directory is ever opened.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgegate.errors import BundleError
+from edgegate.budget import Budget
+from edgegate.cost_model import CostTerms
+from edgegate.errors import BudgetError, BundleError
+from edgegate.files import sha256_file
+from edgegate.runtimes.schema import (
+    FORMAT,
+    MANIFEST,
+    MODULE_FORMATS,
+    SCHEMA_VERSION,
+    GraphSpec,
+    Limits,
+    ModuleSpec,
+    as_choice,
+    as_dict,
+    as_int,
+    as_list,
+    as_name,
+    as_str,
+    axis_bounds,
+    fail,
+    num_table,
+    printable,
+    show,
+    terms_table,
+)
 
-FORMAT = "edgegate-bundle"
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
-MANIFEST = "manifest.json"
-
-# Stages of a module: the encoder runs once per window, cross_kv once per window for kept
-# cross-attention, decoder_step once per decoding step.
-STAGES = ("encoder", "cross_kv", "decoder_step")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]  # ints are fixed sizes, strings name dynamic axes
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(d["name"], d["dtype"], tuple(d["shape"]))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class ModuleSpec:
-    """One subgraph of the bundle.
-
-    ``gate`` names the gateable module that decides whether this subgraph runs (None: always
-    runs); ``adapter`` is the file of the skip adapter that runs in its place when it is skipped.
-    ``method`` is for multi-method program formats (ExecuTorch ``.pte``): the method to load from
-    ``file``; None for one-graph-per-file formats such as ONNX.
-    """
-
-    name: str
-    kind: str
-    stage: str
-    layer: int | None
-    gate: str | None
-    file: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    flops: float = 0.0
-    param_bytes: int = 0
-    method: str | None = None
-    adapter: str | None = None
-    adapter_method: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModuleSpec:
-        adapter = d.get("adapter") or {}
-        return cls(
-            name=d["name"], kind=d["kind"], stage=d["stage"], layer=d.get("layer"), gate=d.get("gate"),
-            file=d["file"], inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]), flops=float(d.get("flops", 0.0)),
-            param_bytes=int(d.get("param_bytes", 0)), method=d.get("method"),
-            adapter=adapter.get("file"), adapter_method=adapter.get("method"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "kind": self.kind, "stage": self.stage, "layer": self.layer, "gate": self.gate,
-            "file": self.file, "method": self.method,
-            "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-            "flops": self.flops, "param_bytes": self.param_bytes,
-            "adapter": None if self.adapter is None else {"file": self.adapter, "method": self.adapter_method},
-        }
+MAX_MANIFEST_BYTES = 64 << 20
+__all__ = ["Bundle", "FileCheck", "read_manifest", "sha256_file", "MANIFEST", "FORMAT", "SCHEMA_VERSION"]
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PREDICTOR_INPUTS = ("stats", "lang", "task", "budget")
 
 
 @dataclass
@@ -117,23 +74,26 @@ class FileCheck:
     problem: str = ""
 
 
-def _safe_relpath(bundle: Path, rel: Any, where: str) -> Path:
-    if not isinstance(rel, str) or not rel:
-        raise BundleError(f"{bundle / MANIFEST}: {where} has no file name; re-export the bundle")
+def _inside(bundle: Path, rel: Any, where: str) -> Path:
+    """``bundle / rel`` if it stays inside the bundle (symlinks followed), else a BundleError."""
+    rel = as_str(rel, where)
     p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise BundleError(f"{bundle / MANIFEST}: {where} points outside the bundle ({rel!r}); "
-                          "refusing it, re-export the bundle")
+    if p.is_absolute() or ".." in p.parts or "\\" in rel or "\x00" in rel or not p.parts:
+        raise fail(where, f"points outside the bundle ({show(rel)}); refusing it", "re-export the bundle")
+    if not (bundle / p).resolve().is_relative_to(bundle.resolve()):
+        raise fail(where, f"({show(rel)}) is a link out of the bundle directory; refusing it",
+                   "re-export the bundle or copy it without links")
     return bundle / p
 
 
 @dataclass
 class Bundle:
-    """A bundle directory whose manifest has been read (and, by default, whose files were verified)."""
+    """A bundle directory whose manifest was read and validated (and, by default, whose files were verified)."""
 
     path: Path
     manifest: dict[str, Any]
     modules: list[ModuleSpec] = field(default_factory=list)
+    limits: Limits | None = None
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
@@ -144,43 +104,148 @@ class Bundle:
         if path.is_file():
             raise BundleError(f"{path} is a file; a bundle is the directory written by edgegate export")
         manifest = read_manifest(path)
-        bundle = cls(path, manifest)
         try:
-            bundle.modules = [ModuleSpec.from_dict(m) for m in manifest["modules"]]
-        except (KeyError, TypeError) as exc:
-            raise BundleError(f"{path / MANIFEST}: module entry lacks {exc}; re-export the bundle") from None
-        bundle._check_references()
+            bundle = cls(path, manifest)
+            bundle._validate()
+        except BundleError as exc:
+            raise BundleError(f"{path}/{exc}") from None
         if verify:
             bundle.verify(raise_on_error=True)
         return bundle
 
-    def _check_references(self) -> None:
-        """Every file a module, the predictor or the tokenizer uses must be listed with its hash."""
-        files = self.manifest["files"]
-        needed = [(m.file, f"module {m.name}") for m in self.modules]
-        needed += [(m.adapter, f"adapter of {m.name}") for m in self.modules if m.adapter]
+    def _validate(self) -> None:
+        m = self.manifest
+        as_choice(m.get("module_format", "onnx"), "module_format", MODULE_FORMATS)
+        names = [as_name(n, "gate_names") for n in as_list(m.get("gate_names"), "gate_names", 4096)]
+        if len(set(names)) != len(names):
+            raise fail("gate_names", "repeats a name")
+        self.limits = Limits.from_dict(m.get("execution"))
+        self.modules = [ModuleSpec.from_dict(d, f"modules[{i}]") for i, d in
+                        enumerate(as_list(m.get("modules"), "modules", 8192))]
+        self._validate_modules(names)
+        self._validate_sections(names)
+        self._check_files()
+        self._check_dataflow(names)
+
+    def _check_dataflow(self, names: list[str]) -> None:
+        """The dense runner list must add up: every value a graph reads is fed or written before it."""
+        from edgegate.runtimes.execution import check_dataflow
+
+        try:
+            check_dataflow(self.modules, names, self.limits.state)
+        except BundleError as exc:
+            raise BundleError(f"{MANIFEST}: {exc}") from None
+
+    def _validate_modules(self, names: list[str]) -> None:
+        fmt = self.module_format
+        seen: set[str] = set()
+        for mod in self.modules:
+            if mod.name in seen:
+                raise fail(f"module {mod.name}", "appears twice")
+            seen.add(mod.name)
+            unknown = [g for g in mod.gates if g not in names]
+            if unknown:
+                raise fail(f"module {mod.name}", f"has gate {show(unknown[0])}, which gate_names does not list")
+            for g in (mod.graph, mod.adapter_graph):
+                if g is not None and (g.method is None) != (fmt == "onnx"):
+                    raise fail(f"module {mod.name}", f"method {show(g.method)} does not fit {fmt} module files")
+        gated = {g for mod in self.modules for g in mod.gates}
+        missing = [n for n in names if n not in gated]
+        if missing:
+            raise fail("gate_names", f"lists {show(missing[0])}, which no module runs")
+
+    def _validate_sections(self, names: list[str]) -> None:
+        m = self.manifest
+        tok = as_dict(m.get("tokenizer"), "tokenizer")
+        as_str(tok.get("file"), "tokenizer.file")
+        front = as_dict(m.get("frontend"), "frontend")
+        as_choice(front.get("type"), "frontend.type", ("whisper-log-mel",))
+        if as_int(front.get("n_mels"), "frontend.n_mels", 1, 1024) != self.limits.n_mels:
+            raise fail("frontend.n_mels", "differs from execution.n_mels")
+        dims = as_dict(as_dict(m.get("model"), "model").get("dims"), "model.dims")
+        for k, v in dims.items():
+            as_int(v, f"model.dims[{show(k)}]")
+        decoding = as_dict(m.get("decoding", {}), "decoding")
+        as_int(decoding.get("max_tokens", 1), "decoding.max_tokens", 1, self.limits.text_positions)
+        as_int(decoding.get("audio_ctx"), "decoding.audio_ctx", 0, self.limits.encoder_positions, none=True)
+        self._validate_costs(names)
+        self._validate_profile(names)
+        pred = m.get("predictor")
+        if pred is not None:
+            g = GraphSpec.from_dict(pred, "predictor", "predictor", "predictor")
+            if tuple(t.name for t in g.inputs) != _PREDICTOR_INPUTS or len(g.outputs) != 1:
+                raise fail("predictor", f"must take {', '.join(_PREDICTOR_INPUTS)} and return keep scores")
+            as_int(as_dict(pred.get("config", {}), "predictor.config").get("n_languages", 99),
+                   "predictor.config.n_languages", 1, 10_000)
+            codes = pred.get("language_codes")
+            for c in [] if codes is None else as_list(codes, "predictor.language_codes", 10_000):
+                as_str(c, "predictor.language_codes")
+        ex = m.get("executorch")
+        if ex is not None:
+            for k, v in as_dict(as_dict(ex, "executorch").get("axes", {}), "executorch.axes").items():
+                bounds = [as_int(x, f"executorch.axes[{show(k)}]") for x in as_list(v, "executorch.axes", 3)]
+                if len(bounds) != 3 or not bounds[0] <= bounds[1] <= bounds[2]:
+                    raise fail(f"executorch.axes[{show(k)}]", "must be [min, opt, max]")
+
+    def _validate_costs(self, names: list[str]) -> None:
+        costs = as_dict(self.manifest.get("costs"), "costs")
+        terms = as_dict(costs.get("terms"), "costs.terms")
+        gates = terms_table(terms.get("gates"), "costs.terms.gates")
+        terms_table(terms.get("always_on", {}), "costs.terms.always_on")
+        if list(gates) != names:
+            raise fail("costs.terms.gates", "must list every gate of gate_names, in order")
+        num_table(costs.get("gates", {}), "costs.gates")
+        for key in ("ms", "ms_always_on", "ms_per_step"):
+            if key in costs:
+                num_table(costs[key], f"costs.{key}")
+        if "ms_meta" in costs:
+            meta = as_dict(costs["ms_meta"], "costs.ms_meta")
+            as_int(meta.get("frames"), "costs.ms_meta.frames", 1, self.limits.encoder_positions, none=True)
+            as_int(meta.get("tokens"), "costs.ms_meta.tokens", 1, self.limits.text_positions, none=True)
+
+    def _validate_profile(self, names: list[str]) -> None:
+        prof = as_dict(self.manifest.get("profile") or {}, "profile")
+        for b in as_list(prof.get("backends", []), "profile.backends", 16):
+            as_name(b, "profile.backends")
+        as_int(prof.get("threads"), "profile.threads", 1, 1024, none=True)
+        as_choice(prof.get("device", "auto"), "profile.device", ("auto", "cpu", "gpu"))
+        as_name(prof.get("precision", "fp32"), "profile.precision")
+        budget = self.manifest.get("budget")
+        if budget is not None:
+            try:
+                pinned = Budget.from_profile({"budget": as_dict(budget, "budget")}).pinned
+            except (BudgetError, TypeError) as exc:
+                raise fail("budget", f"is invalid ({show(str(exc))})") from None
+            if not all(isinstance(p, str) for p in pinned) or not set(pinned) <= set(names):
+                raise fail("budget.pinned", "names a module that gate_names does not list")
+
+    def _check_files(self) -> None:
+        """Every file a graph or the tokenizer uses must be listed with its hash, inside the bundle."""
+        files = as_dict(self.manifest.get("files"), "files")
+        for rel, entry in files.items():
+            _inside(self.path, rel, "files entry")
+            entry = as_dict(entry, f"files[{show(rel)}]")
+            if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+                raise fail(f"files[{show(rel)}].sha256", f"must be 64 hex digits, got {show(entry.get('sha256'))}")
+            as_int(entry.get("bytes"), f"files[{show(rel)}].bytes")
+        needed = [(g.file, f"graph {g.name}") for g in self.graphs()]
         needed.append((self.manifest["tokenizer"]["file"], "tokenizer"))
-        if self.manifest.get("predictor"):
-            needed.append((self.manifest["predictor"]["file"], "predictor"))
         for rel, what in needed:
-            _safe_relpath(self.path, rel, what)
+            _inside(self.path, rel, what)
             if rel not in files:
-                raise BundleError(f"{self.path / MANIFEST}: {what} uses {rel}, which has no SHA-256 entry; "
-                                  "re-export the bundle")
-        for rel in files:
-            _safe_relpath(self.path, rel, "files entry")
+                raise fail(what, f"uses {rel}, which has no SHA-256 entry")
 
     def check_files(self, stop_at_first: bool = False) -> list[FileCheck]:
         """Size and SHA-256 of every listed file (sizes first: a truncated file fails without hashing)."""
         results = []
         for rel, entry in self.manifest["files"].items():
-            p = self.path / rel
-            if not p.is_file():
-                results.append(FileCheck(rel, False, "missing"))
-            elif "bytes" in entry and p.stat().st_size != int(entry["bytes"]):
+            p = _inside(self.path, rel, "files entry")
+            if p.is_symlink() or not p.is_file():
+                results.append(FileCheck(rel, False, "missing" if not p.is_symlink() else "a link"))
+            elif p.stat().st_size != int(entry["bytes"]):
                 results.append(FileCheck(rel, False, f"size {p.stat().st_size} bytes, expected {entry['bytes']} "
                                                      "(truncated or replaced)"))
-            elif sha256_file(p) != entry.get("sha256"):
+            elif sha256_file(p) != entry["sha256"]:
                 results.append(FileCheck(rel, False, "SHA-256 mismatch (corrupted or modified)"))
             else:
                 results.append(FileCheck(rel, True))
@@ -193,11 +258,15 @@ class Bundle:
         bad = [r for r in results if not r.ok]
         if bad and raise_on_error:
             r = bad[0]
-            raise BundleError(f"bundle {self.path}: file {r.file} is {r.problem}; "
+            raise BundleError(f"bundle {self.path}: file {printable(r.file)} is {r.problem}; "
                               "re-export the bundle (edgegate export ... --force) or copy it again")
         return results
 
     # -- views -------------------------------------------------------------------------------
+    @property
+    def module_format(self) -> str:
+        return self.manifest.get("module_format", "onnx")
+
     @property
     def dims(self) -> dict[str, int]:
         return self.manifest["model"]["dims"]
@@ -219,8 +288,20 @@ class Bundle:
         return self.manifest.get("budget")
 
     @property
+    def decoding(self) -> dict[str, Any]:
+        return self.manifest.get("decoding") or {}
+
+    @property
     def tokenizer_file(self) -> Path:
         return self.path / self.manifest["tokenizer"]["file"]
+
+    @property
+    def gate_terms(self) -> dict[str, CostTerms]:
+        return terms_table(self.manifest["costs"]["terms"]["gates"], "costs.terms.gates")
+
+    @property
+    def always_on_terms(self) -> dict[str, CostTerms]:
+        return terms_table(self.manifest["costs"]["terms"].get("always_on", {}), "costs.terms.always_on")
 
     def module(self, name: str) -> ModuleSpec:
         for m in self.modules:
@@ -228,38 +309,51 @@ class Bundle:
                 return m
         raise BundleError(f"{self.path / MANIFEST}: no module named {name!r}; re-export the bundle")
 
-    def gate_costs(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.manifest["costs"]["gates"].items()}
+    def graphs(self) -> list[GraphSpec]:
+        """Every loadable graph: modules, their skip adapters, the predictor; with their files' hashes."""
+        out = [g for m in self.modules for g in (m.graph, m.adapter_graph) if g is not None]
+        if self.predictor is not None:
+            out.append(GraphSpec.from_dict(self.predictor, "predictor", "predictor", "predictor"))
+        files = self.manifest.get("files", {})
+        return [GraphSpec(g.name, g.stage, g.file, g.method, g.inputs, g.outputs, g.param_bytes,
+                          files.get(g.file, {}).get("sha256", "")) for g in out]
+
+    def axis_bounds(self, max_batch: int | None = None, max_step_tokens: int | None = None
+                    ) -> dict[str, tuple[int, int, int]]:
+        """Bounds of the named axes: what an ExecuTorch program was planned for, else the limits'."""
+        ex = self.manifest.get("executorch") or {}
+        if ex.get("axes") and max_batch is None and max_step_tokens is None:
+            return {k: tuple(int(x) for x in v) for k, v in ex["axes"].items()}
+        from edgegate.runtimes.schema import DEFAULT_MAX_BATCH, DEFAULT_MAX_STEP_TOKENS
+
+        return axis_bounds(self.limits, max_batch or DEFAULT_MAX_BATCH, max_step_tokens or DEFAULT_MAX_STEP_TOKENS)
 
     def total_bytes(self) -> int:
         return sum(int(e.get("bytes", 0)) for e in self.manifest["files"].values())
 
 
-_REQUIRED = ("format", "schema_version", "model", "gate_names", "modules", "files", "tokenizer", "frontend",
-             "costs")
-
-
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of bundle directory ``path`` as a dict whose format and schema version are current."""
     mpath = path / MANIFEST
-    if not mpath.is_file():
+    if mpath.is_symlink() or not mpath.is_file():
         raise BundleError(f"{mpath} is missing: {path} is not an edgegate bundle (or is incomplete); "
                           "re-export it")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB; this is not an edgegate manifest")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{mpath} is not valid JSON ({exc.__class__.__name__}); re-export the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BundleError(f"{mpath}: format {fmt!r} is not {FORMAT!r}; this is not an edgegate bundle")
+        raise BundleError(f"{mpath}: format {show(fmt)} is not {FORMAT!r}; this is not an edgegate bundle")
     version = manifest.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        newer = isinstance(version, int) and version > max(SUPPORTED_SCHEMA_VERSIONS)
+    if isinstance(version, int) and not isinstance(version, bool) and 1 <= version < SCHEMA_VERSION:
+        raise BundleError(f"{mpath}: bundle schema version {version} is older than this edgegate's "
+                          f"{SCHEMA_VERSION}; re-export it: edgegate export ... --force")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
         fix = "upgrade edgegate" if newer else "re-export the bundle with this edgegate"
-        raise BundleError(f"{mpath}: unknown schema version {version!r} (this edgegate reads "
-                          f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); {fix}")
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise BundleError(f"{mpath}: missing key(s) {', '.join(missing)}; re-export the bundle")
-    if not isinstance(manifest["files"], dict):
-        raise BundleError(f"{mpath}: 'files' must map file names to hashes; re-export the bundle")
+        raise BundleError(f"{mpath}: unknown schema version {show(version)} (this edgegate reads "
+                          f"{SCHEMA_VERSION}); {fix}")
     return manifest

@@ -10,8 +10,8 @@ import pytest
 from edgegate.budget import (
     SCOPES,
     Budget,
+    keep_mask,
     modules_in_scope,
-    plan_mask,
     skipped_fraction,
     validate_budget,
 )
@@ -62,7 +62,7 @@ def test_planner_properties_over_random_cases():
         in_scope = modules_in_scope(names, scope)
         total = float(costs[in_scope].sum())
 
-        full = plan_mask(names, costs, scores, 0.0, scope, pinned)
+        full = keep_mask(names, costs, scores, 0.0, scope, pinned)
         assert full.all(), "budget 0 must keep every module"
 
         budgets = np.sort(np.concatenate([[0.0], rng.random(6), [0.999]]))
@@ -71,7 +71,7 @@ def test_planner_properties_over_random_cases():
         for b in budgets:
             pinned_cost = float(costs[pinned_idx][in_scope[pinned_idx]].sum())
             try:
-                mask = plan_mask(names, costs, scores, float(b), scope, pinned)
+                mask = keep_mask(names, costs, scores, float(b), scope, pinned)
             except BudgetError as e:
                 # Only the pinned modules may make a budget infeasible.
                 assert pinned_cost > (1 - b) * total * (1 + EPS)
@@ -90,40 +90,40 @@ def test_planner_properties_over_random_cases():
             assert kept <= prev_kept + EPS * total, "a higher budget kept more cost"
             prev_kept = kept
             # Deterministic: the same inputs always give the same plan.
-            assert np.array_equal(mask, plan_mask(names, costs, scores, float(b), scope, pinned))
+            assert np.array_equal(mask, keep_mask(names, costs, scores, float(b), scope, pinned))
     assert n_infeasible > 0, "the random cases should include some infeasible pinned sets"
 
 
 def test_highest_scores_kept_first():
     names = ["decoder.0.self_attn", "decoder.0.cross_attn", "decoder.0.mlp", "decoder.1.mlp"]
-    mask = plan_mask(names, np.ones(4), np.array([0.1, 0.9, 0.5, 0.7]), 0.5)
+    mask = keep_mask(names, np.ones(4), np.array([0.1, 0.9, 0.5, 0.7]), 0.5)
     assert mask.tolist() == [False, True, False, True]
 
 
 def test_skipped_module_does_not_stop_cheaper_later_ones():
     names = ["encoder.0.attn", "encoder.0.mlp", "encoder.1.attn"]
     # Allowance is 5.5: the top-scored module (10) cannot fit, the next two (1 + 2) can.
-    mask = plan_mask(names, np.array([10.0, 1.0, 2.0]), np.array([0.9, 0.5, 0.1]), 0.5)
+    mask = keep_mask(names, np.array([10.0, 1.0, 2.0]), np.array([0.9, 0.5, 0.1]), 0.5)
     assert mask.tolist() == [False, True, True]
 
 
 def test_ties_prefer_lower_cost_then_execution_order():
     names = ["encoder.0.attn", "encoder.0.mlp", "encoder.1.attn", "encoder.1.mlp"]
     costs = np.array([2.0, 1.0, 1.0, 1.0])
-    mask = plan_mask(names, costs, np.full(4, 0.5), 0.6)  # allowance 2.0: two unit modules
+    mask = keep_mask(names, costs, np.full(4, 0.5), 0.6)  # allowance 2.0: two unit modules
     assert mask.tolist() == [False, True, True, False]
 
 
 def test_exact_fraction_is_not_lost_to_rounding():
     names = whisper_names(0, 1)
     # (1 - 1/3) * 3 is not exactly 2.0 in floating point; two of three must still be kept.
-    mask = plan_mask(names, np.ones(3), np.array([0.3, 0.2, 0.1]), 1 / 3)
+    mask = keep_mask(names, np.ones(3), np.array([0.3, 0.2, 0.1]), 1 / 3)
     assert mask.sum() == 2
 
 
 def test_out_of_scope_modules_do_not_count():
     costs = np.ones(30)
-    mask = plan_mask(BASE, costs, np.linspace(0, 1, 30), 0.5, scope="decoder")
+    mask = keep_mask(BASE, costs, np.linspace(0, 1, 30), 0.5, scope="decoder")
     dec = modules_in_scope(BASE, "decoder")
     assert mask[~dec].all()
     assert mask[dec].sum() == 9
@@ -134,20 +134,20 @@ def test_out_of_scope_modules_do_not_count():
 def test_infeasible_pinned_names_modules_and_max_budget():
     names = whisper_names(1, 0)
     with pytest.raises(BudgetError, match=r"encoder\.0\.mlp.*largest achievable budget is 0\.2500"):
-        plan_mask(names, np.array([1.0, 3.0]), np.array([0.5, 0.5]), 0.5, pinned=["encoder.0.mlp"])
+        keep_mask(names, np.array([1.0, 3.0]), np.array([0.5, 0.5]), 0.5, pinned=["encoder.0.mlp"])
 
 
 def test_pinned_outside_scope_is_free():
     names = whisper_names(1, 1)
     costs = np.ones(5)
-    mask = plan_mask(names, costs, np.zeros(5), 0.9, scope="decoder", pinned=["encoder.0.attn"])
+    mask = keep_mask(names, costs, np.zeros(5), 0.9, scope="decoder", pinned=["encoder.0.attn"])
     assert mask[0] and mask[1]
 
 
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan"), float("inf"), "abc", None])
 def test_bad_budget_values(bad):
     with pytest.raises(BudgetError, match=r"budget must be in \[0, 1\)"):
-        plan_mask(BASE, np.ones(30), np.ones(30), bad)
+        keep_mask(BASE, np.ones(30), np.ones(30), bad)
     with pytest.raises(BudgetError):
         validate_budget(bad)
 
@@ -160,17 +160,17 @@ def test_budget_error_is_one_line_and_user_facing():
 
 def test_unknown_scope_and_pinned_and_shapes():
     with pytest.raises(BudgetError, match="encoder, decoder, both"):
-        plan_mask(BASE, np.ones(30), np.ones(30), 0.3, scope="decoders")
+        keep_mask(BASE, np.ones(30), np.ones(30), 0.3, scope="decoders")
     with pytest.raises(BudgetError, match="decoder.9.mlp"):
-        plan_mask(BASE, np.ones(30), np.ones(30), 0.3, pinned=["decoder.9.mlp"])
+        keep_mask(BASE, np.ones(30), np.ones(30), 0.3, pinned=["decoder.9.mlp"])
     with pytest.raises(BudgetError, match="shape"):
-        plan_mask(BASE, np.ones(29), np.ones(30), 0.3)
+        keep_mask(BASE, np.ones(29), np.ones(30), 0.3)
     with pytest.raises(BudgetError, match="NaN"):
-        plan_mask(BASE, np.ones(30), np.full(30, np.nan), 0.3)
+        keep_mask(BASE, np.ones(30), np.full(30, np.nan), 0.3)
     with pytest.raises(BudgetError, match=">= 0"):
-        plan_mask(BASE, -np.ones(30), np.ones(30), 0.3)
+        keep_mask(BASE, -np.ones(30), np.ones(30), 0.3)
     with pytest.raises(BudgetError, match="unique"):
-        plan_mask(["encoder.0.attn"] * 2, np.ones(2), np.ones(2), 0.3)
+        keep_mask(["encoder.0.attn"] * 2, np.ones(2), np.ones(2), 0.3)
 
 
 def test_budget_dataclass_from_profile():
@@ -183,7 +183,7 @@ def test_budget_dataclass_from_profile():
         Budget.from_profile({"budget": 1.2})
     with pytest.raises(BudgetError, match="cost unit"):
         Budget(0.1, cost_unit="joules")
-    mask = Budget(0.5, "encoder").plan(BASE, np.ones(30), np.arange(30.0))
+    mask = Budget(0.5, "encoder").keep_mask(BASE, np.ones(30), np.arange(30.0))
     assert skipped_fraction(mask, np.ones(30), BASE, "encoder") == 0.5
 
 

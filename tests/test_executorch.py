@@ -26,14 +26,16 @@ pytest.importorskip("executorch", reason="ExecuTorch is not installed: pip insta
 
 from edgegate.errors import BackendError, BundleError  # noqa: E402
 from edgegate.export import executorch_export  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
 from edgegate.export.executorch_export import export_executorch_bundle  # noqa: E402
-from edgegate.export.onnx_export import export_bundle, graph_jobs  # noqa: E402
-from edgegate.export.tiny import noise_clip, tiny_predictor, tiny_whisper  # noqa: E402
+from edgegate.export.whisper_graphs import module_jobs  # noqa: E402
 from edgegate.runtimes.backends import executorch as et_backend  # noqa: E402
 from edgegate.runtimes.backends import registry  # noqa: E402
 from edgegate.runtimes.bundle import Bundle  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import noise_clip, tiny_predictor, tiny_whisper  # noqa: E402
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -163,7 +165,7 @@ def test_empty_cache_first_step(session):
     out, k, v = module.run({"x": x, "k_cache": empty, "v_cache": empty})
     assert out.shape == (2, 3, 64) and k.shape == v.shape == (2, 4, 3, 16)
     model = tiny_whisper()
-    job = next(j for j in graph_jobs(model) if j.name == "decoder.0.self_attn")
+    job = next(j.graph for j in module_jobs(model) if j.name == "decoder.0.self_attn")
     with torch.no_grad():
         want = job.module(torch.from_numpy(x), torch.from_numpy(empty), torch.from_numpy(empty))
     for got, w in zip((out, k, v), want, strict=True):
@@ -266,7 +268,8 @@ def test_export_bundle_dispatches_pte_targets(tmp_path, monkeypatch):
 def test_whisper_base_gated_parity_on_librivox(librivox, tmp_path_factory):
     """Shipped gate set on ExecuTorch vs the PyTorch gated model: same masks, same tokens (dense and
     budget 0.5), on 2 LibriVox clips."""
-    from edgegate.gated import load_gated, shipped_gate_sets
+    from edgegate.gate_set import shipped_gate_sets
+    from edgegate.gated import load_gated
 
     if "whisper-base" not in shipped_gate_sets():
         pytest.skip("no shipped whisper-base gate set in edgegate/assets")

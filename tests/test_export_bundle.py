@@ -13,9 +13,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgegate.errors import BudgetError, BundleError  # noqa: E402
 from edgegate.export import onnx_export  # noqa: E402
-from edgegate.export.onnx_export import export_bundle, export_monolithic  # noqa: E402
-from edgegate.export.tiny import tiny_predictor, tiny_whisper  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
+from edgegate.export.monolithic import export_monolithic  # noqa: E402
 from edgegate.runtimes.bundle import FORMAT, SCHEMA_VERSION, Bundle, sha256_file  # noqa: E402
+
+from tiny import tiny_predictor, tiny_whisper  # noqa: E402
 
 
 @pytest.fixture(scope="module")

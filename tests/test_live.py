@@ -379,9 +379,10 @@ def tiny_bundle(tmp_path_factory):
     """A tiny random Whisper + gate predictor exported as a bundle (runs on the torch-free runtime)."""
     pytest.importorskip("torch")
     try:
-        from edgegate.export.onnx_export import export_bundle
-        from edgegate.export.tiny import tiny_predictor, tiny_whisper
+        from edgegate.export.core import export_bundle
         from edgegate.runtimes.session import Session  # noqa: F401
+
+        from tiny import tiny_predictor, tiny_whisper
     except ImportError as exc:
         pytest.skip(f"exporter or runtime not available: {exc}")
     model = tiny_whisper()

@@ -42,7 +42,7 @@ def runtime_backend(base_model, tmp_path_factory):
     if "word_timestamps" not in inspect.signature(Session.transcribe).parameters:
         pytest.skip("the runtime Session has no long-form transcribe() yet (wired after the issue-9 refactor)")
     if "base" not in _sessions:
-        from edgegate.export.onnx_export import export_bundle
+        from edgegate.export.core import export_bundle
         from edgegate.models.registry import resolve_model, tokenizer_path
 
         out = tmp_path_factory.mktemp("longform") / "base-cpu"

@@ -29,13 +29,10 @@ def test_auto_follows_the_profile_order_and_format(monkeypatch):
         registry.choose_backend("auto", ["executorch"], "pte")
 
 
-def test_unimplemented_and_missing_backends_name_the_fix(monkeypatch):
+def test_missing_backends_name_the_fix(monkeypatch):
     monkeypatch.setattr(registry.backend_class("tensorrt"), "is_available", classmethod(lambda c: False))
     with pytest.raises(BackendError, match="pip install tensorrt"):
         registry.create_backend("tensorrt")
-    monkeypatch.setitem(registry.KNOWN, "future", (None, "future", "onnx"))
-    with pytest.raises(BackendError, match="not implemented"):
-        registry.create_backend("future")
     cls = registry.backend_class("onnxruntime")
     monkeypatch.setattr(cls, "is_available", classmethod(lambda c: False))
     with pytest.raises(BackendError, match="pip install onnxruntime") as info:

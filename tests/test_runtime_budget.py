@@ -7,15 +7,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edgegate.adaptation import ADAPTERS_FILE, save_adapters  # noqa: E402
 from edgegate.errors import BudgetError, EdgegateError  # noqa: E402
-from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
-from edgegate.gated import ADAPTERS_FILE, GATES_FILE, PREDICTOR_FILE, GateSpec, load_gated, save_adapters  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
+from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec  # noqa: E402
+from edgegate.gated import load_gated  # noqa: E402
 from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
 from edgegate.predictor import save_predictor  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.tokenizer import WhisperTokenizer  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
 
 
 def clip(seconds=2.0, seed=0):
@@ -50,7 +53,7 @@ def test_default_budget_comes_from_the_bundle(setup):
     assert sorted(gated.adapters) == sorted(TINY_ADAPTERS)
     audio = clip()
     result = gated.transcribe(audio, language="en")
-    expected_mask = reference.plan(audio, "en", "transcribe", 0.4)[0]
+    expected_mask = reference.plan(audio, "en", "transcribe", 0.4).mask
     assert result.mask == expected_mask.tolist()
     assert not all(result.mask)  # something was skipped
     costs = gated.costs()

@@ -10,10 +10,10 @@ pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from edgegate.errors import BundleError  # noqa: E402
-from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import tiny_predictor, tiny_whisper  # noqa: E402
-from edgegate.runtimes.backends import ort as ort_backend  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
+
+from tiny import tiny_predictor, tiny_whisper  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,6 @@ def no_sessions(monkeypatch):
         raise AssertionError("an ONNX Runtime session was created for a refused bundle")
 
     monkeypatch.setattr(ort, "InferenceSession", forbidden)
-    before = ort_backend.stats["sessions_created"]
-    yield
-    assert ort_backend.stats["sessions_created"] == before
 
 
 def flip_byte(path, offset=None):
@@ -88,7 +85,7 @@ def test_truncated_onnx(bundle, no_sessions):
     refused(bundle, "encoder.stem.onnx", "truncated")
 
 
-@pytest.mark.parametrize("version, fix", [(2, "upgrade edgegate"), (0, "re-export"), ("1", "re-export")])
+@pytest.mark.parametrize("version, fix", [(3, "upgrade edgegate"), (0, "re-export"), ("1", "re-export")])
 def test_unknown_schema_version(bundle, no_sessions, version, fix):
     edit_manifest(bundle, lambda m: m.update(schema_version=version))
     refused(bundle, "manifest.json", "unknown schema version", fix)

@@ -6,13 +6,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import noise_clip, tiny_whisper  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
 from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
 from edgegate.runtimes.backends.base import Module  # noqa: E402
 from edgegate.runtimes.session import Session  # noqa: E402
 from edgegate.tokenizer import WhisperTokenizer  # noqa: E402
 from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import noise_clip, tiny_whisper  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,8 @@ def test_whisper_base_parity_on_librivox(base_model, base_session, librivox):
 def test_shipped_gate_set_parity_on_librivox(librivox, tmp_path):
     """The product path: the shipped whisper-base gate set (predictor + skip adapters + trimmed context),
     planned and run by the runtime, equals edgegate.gated.GatedWhisper in masks and tokens."""
-    from edgegate.gated import load_gated, shipped_gate_sets
+    from edgegate.gate_set import shipped_gate_sets
+    from edgegate.gated import load_gated
 
     if "whisper-base" not in shipped_gate_sets():
         pytest.skip("no shipped whisper-base gate set in edgegate/assets")

@@ -15,12 +15,13 @@ pytest.importorskip("onnxruntime")
 from edgegate.budget import Budget, skipped_fraction  # noqa: E402
 from edgegate.cli import main  # noqa: E402
 from edgegate.errors import BudgetError  # noqa: E402
-from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
-from edgegate.pipeline import mel_windows  # noqa: E402
-from edgegate.runtimes import profiling  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
+from edgegate.pipeline import MelFeatures  # noqa: E402
+from edgegate.runtimes import latency  # noqa: E402
 from edgegate.runtimes.bundle import Bundle  # noqa: E402
-from edgegate.runtimes.session import Session, _Dims  # noqa: E402
+from edgegate.runtimes.session import Session  # noqa: E402
+
+from tiny import TINY_ADAPTERS, tiny_predictor, tiny_whisper  # noqa: E402
 
 ALWAYS_ON = ["encoder.stem", "encoder.ln_post", "decoder.embed", "decoder.logits"]
 FAST = ["--no-progress", "--threads", "1", "--repeats", "3"]
@@ -116,9 +117,9 @@ def test_ms_plan_differs_from_flop_plan_when_the_costs_disagree(profiled):
     costs = session.bundle.manifest["costs"]
     costs["ms"] = {n: float(1e9 / f) for n, f in zip(session.gate_names, flops, strict=True)}
     del costs["ms_per_step"]  # a bare table is used as written, whatever the utterance's shape
-    windows = list(mel_windows(clip(seed=1), session.dims["n_mels"]))
-    by_ms = session.plan(windows, "en", "transcribe", Budget(0.5, "both", "ms"))
-    by_flops = session.plan(windows, "en", "transcribe", Budget(0.5, "both", "flops"))
+    features = MelFeatures.of(clip(seed=1), session.dims["n_mels"])
+    by_ms = session.plan(features, "en", "transcribe", Budget(0.5, "both", "ms")).mask
+    by_flops = session.plan(features, "en", "transcribe", Budget(0.5, "both", "flops")).mask
     ms = session.costs(1500, 16, unit="ms")
     assert not np.array_equal(by_ms, by_flops)
     assert skipped_fraction(by_ms, ms, session.gate_names) >= 0.5 - 1e-9
@@ -127,11 +128,11 @@ def test_ms_plan_differs_from_flop_plan_when_the_costs_disagree(profiled):
 
 def test_measured_ms_rescales_to_the_utterance(profiled):
     costs = manifest(profiled)["costs"]
-    dims = _Dims(manifest(profiled)["model"]["dims"])
-    same = profiling.measured_ms(costs, dims, 1500, 16)
+    terms = Bundle.open(profiled).gate_terms
+    same = latency.measured_ms(costs, terms, 1500, 16)
     assert same == pytest.approx(costs["ms"], rel=1e-12)
-    longer = profiling.measured_ms(costs, dims, 1500, 64)
-    shorter_audio = profiling.measured_ms(costs, dims, 200, 16)
+    longer = latency.measured_ms(costs, terms, 1500, 64)
+    shorter_audio = latency.measured_ms(costs, terms, 200, 16)
     step = costs["ms_per_step"]
     for g, v in costs["ms"].items():
         if g.startswith("encoder."):
@@ -158,7 +159,7 @@ def test_failed_write_leaves_the_old_manifest(bundle, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(profiling.os, "replace", broken)
+    monkeypatch.setattr(latency.os, "replace", broken)
     with pytest.raises(OSError):
         main(["profile", str(bundle), "--tokens", "4", *FAST])
     assert (bundle / "manifest.json").read_bytes() == before

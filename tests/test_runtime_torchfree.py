@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edgegate.export.onnx_export import export_bundle  # noqa: E402
-from edgegate.export.tiny import tiny_predictor, tiny_whisper  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
+
+from tiny import tiny_predictor, tiny_whisper  # noqa: E402
 
 BLOCKER = textwrap.dedent('''
     import sys

@@ -26,17 +26,27 @@ from edgegate.runtimes.backends.tensorrt import (
     engine_dir,
     engine_filename,
     engine_jobs,
-    optimization_profile,
+    shape_ranges,
 )
+from edgegate.runtimes.schema import TensorSpec
 
 HAS_TRT = TensorRTBackend.is_available()
+
+
+def jobs_of(bundle: Path, max_batch: int | None = None, max_step_tokens: int | None = None):
+    """The engine jobs of a bundle, from the bundle reader's graph specs and axis bounds."""
+    from edgegate.runtimes.bundle import Bundle
+
+    b = Bundle.open(bundle, verify=False)
+    return engine_jobs(b.graphs(), b.module_format, b.axis_bounds(max_batch, max_step_tokens))
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
-    from edgegate.export.onnx_export import export_bundle
-    from edgegate.export.tiny import tiny_predictor, tiny_whisper
+    from edgegate.export.core import export_bundle
+
+    from tiny import tiny_predictor, tiny_whisper
 
     model = tiny_whisper()
     return export_bundle(tmp_path_factory.mktemp("trt") / "tiny-jetson", "jetson", model,
@@ -73,38 +83,38 @@ def test_engine_file_names_change_with_graph_precision_and_profile():
 # -- optimization profiles from a real bundle ---------------------------------------------------
 def test_profiles_from_the_exported_manifest(tiny_bundle):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    jobs = {j.name: j for j in engine_jobs(manifest)}
+    jobs = {j.name: j for j in jobs_of(tiny_bundle)}
     files = {m["file"] for m in manifest["modules"]} | {m["adapter"]["file"] for m in manifest["modules"]
                                                         if m["adapter"]} | {manifest["predictor"]["file"]}
     assert {j.file for j in jobs.values()} == files  # one engine per ONNX graph of the bundle
     assert all(j.sha256 == manifest["files"][j.file]["sha256"] for j in jobs.values())
     # (min, opt, max) per input; tiny dims: n_audio_ctx 1500, n_text_ctx 64, 4 heads of 16
-    assert jobs["encoder.stem"].profile == {"mel": ((1, 80, 4), (1, 80, 3000), (1, 80, 3000))}
-    assert jobs["encoder.0.attn"].profile == {"x": ((1, 2, 64), (1, 1500, 64), (1, 1500, 64))}
-    assert jobs["encoder.1.attn.adapter"].profile == jobs["encoder.1.attn"].profile
-    assert jobs["decoder.0.cross_kv"].profile == {"xa": ((1, 2, 64), (1, 1500, 64), (1, 1500, 64))}
-    assert jobs["decoder.0.self_attn"].profile == {
+    assert jobs["encoder.stem"].shapes == {"mel": ((1, 80, 4), (1, 80, 3000), (1, 80, 3000))}
+    assert jobs["encoder.0.attn"].shapes == {"x": ((1, 2, 64), (1, 1500, 64), (1, 1500, 64))}
+    assert jobs["encoder.1.attn.adapter"].shapes == jobs["encoder.1.attn"].shapes
+    assert jobs["decoder.0.cross_kv"].shapes == {"xa": ((1, 2, 64), (1, 1500, 64), (1, 1500, 64))}
+    assert jobs["decoder.0.self_attn"].shapes == {
         "x": ((1, 1, 64), (1, 1, 64), (8, 32, 64)),
         "k_cache": ((1, 4, 0, 16), (1, 4, 32, 16), (8, 4, 64, 16)),
         "v_cache": ((1, 4, 0, 16), (1, 4, 32, 16), (8, 4, 64, 16)),
     }
-    assert jobs["decoder.0.cross_attn"].profile["k"] == ((1, 4, 2, 16), (1, 4, 1500, 16), (1, 4, 1500, 16))
-    assert jobs["decoder.embed"].profile == {"tokens": ((1, 1), (1, 1), (8, 32)), "positions": ((1,), (1,), (32,))}
-    assert jobs["decoder.logits"].profile == {"x": ((1, 1, 64), (1, 1, 64), (8, 32, 64))}
-    assert jobs["predictor"].profile["stats"] == ((1, 160), (1, 160), (1, 160))
+    assert jobs["decoder.0.cross_attn"].shapes["k"] == ((1, 4, 2, 16), (1, 4, 1500, 16), (1, 4, 1500, 16))
+    assert jobs["decoder.embed"].shapes == {"tokens": ((1, 1), (1, 1), (8, 32)), "positions": ((1,), (1,), (32,))}
+    assert jobs["decoder.logits"].shapes == {"x": ((1, 1, 64), (1, 1, 64), (8, 32, 64))}
+    assert jobs["predictor"].shapes["stats"] == ((1, 160), (1, 160), (1, 160))
     assert jobs["decoder.0.self_attn"].outputs == ["x_out", "k_cache_out", "v_cache_out"]
-    wide = {j.name: j for j in engine_jobs(manifest, max_batch=5, max_step_tokens=4)}
-    assert wide["decoder.1.mlp"].profile["x"] == ((1, 1, 64), (1, 1, 64), (5, 4, 64))
+    wide = {j.name: j for j in jobs_of(tiny_bundle, max_batch=5, max_step_tokens=4)}
+    assert wide["decoder.1.mlp"].shapes["x"] == ((1, 1, 64), (1, 1, 64), (5, 4, 64))
 
 
 def test_profile_needs_bounds_for_every_axis():
     with pytest.raises(BackendError, match="no bounds for dynamic axis 'speakers'"):
-        optimization_profile([{"name": "x", "shape": ["speakers", 3]}], "encoder", {})
+        shape_ranges([TensorSpec("x", "float32", ("speakers", 3), "x")], "encoder", {})
 
 
 def test_pte_bundles_are_refused():
     with pytest.raises(BackendError, match="TensorRT builds engines from ONNX subgraphs"):
-        engine_jobs({"module_format": "pte", "model": {"dims": {}}, "files": {}, "modules": []})
+        engine_jobs([], "pte", {})
 
 
 # -- build / reuse logic against a recording stand-in for tensorrt + cuda-python ----------------
@@ -230,12 +240,11 @@ def test_build_engines_profiles_fp16_cache_and_reuse(tiny_bundle, fake_trt, tmp_
     backend = TensorRTBackend(precision="fp16", options={"engine_cache": str(cache)})
     assert backend.key == "nvidia-fake-gpu-sm87-trt10.99.0"
     records = backend.build_engines(tiny_bundle)
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    jobs = {j.file: j for j in engine_jobs(manifest)}
+    jobs = {j.file: j for j in jobs_of(tiny_bundle)}
     assert len(records) == len(jobs) == len(fake_trt.builds)
     for build in fake_trt.builds:
         job = jobs[build["file"]]
-        assert build["shapes"] == job.profile  # every network input got the manifest-derived profile
+        assert build["shapes"] == job.shapes  # every network input got the manifest-derived shape ranges
         assert build["flags"] == {"FP16"} and build["profiles"] == 1
     assert len({id(b["timing"]) for b in fake_trt.builds}) == 1  # one timing cache shared by all graphs
     out = cache / "tiny-jetson" / backend.key

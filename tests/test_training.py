@@ -117,7 +117,7 @@ def test_sparsity_loss_drives_achieved_sparsity_to_target(even_corpus, tiny_pt, 
 
 
 def test_gradients_reach_predictor_through_hard_gates(corpus, tiny_pt, tokenizer, tmp_path):
-    from edgegate.gated import language_index, task_index
+    from edgegate.plan import language_index, task_index
     from edgegate.predictor import GatePredictor, PredictorConfig, gumbel_gates
     from edgegate.training import build_student, item_loss, load_examples
 
@@ -231,7 +231,8 @@ def test_ddp_two_processes_match_one(corpus, tiny_pt, tokenizer, tmp_path):
 def test_outputs_load_and_plan_within_budget(corpus, tiny_pt, tokenizer, tmp_path):
     from edgegate.audio import load_audio
     from edgegate.budget import skipped_fraction
-    from edgegate.gated import load_gated, planning_costs
+    from edgegate.gated import load_gated
+    from edgegate.models.costs import module_costs
     from edgegate.training import train
     from edgegate.transcriber import WhisperModel
 
@@ -242,12 +243,12 @@ def test_outputs_load_and_plan_within_budget(corpus, tiny_pt, tokenizer, tmp_pat
     dense = WhisperModel(load_tiny(tiny_pt), tokenizer).transcribe_windows(audio, language="de", audio_ctx=gw.audio_ctx)
     r0 = gw.transcribe_windows(audio, language="de", budget=0.0)
     assert all(r0.mask) and r0.tokens == dense.tokens  # budget 0 is the dense model, adapters idle
-    mask, _, costs = gw.plan(load_audio(audio), "de", "transcribe", 0.5)
+    plan = gw.plan(load_audio(audio), "de", "transcribe", 0.5)
+    mask, costs = plan.mask, plan.costs
     assert skipped_fraction(mask, costs, gw.gate_names) >= 0.5
     r = gw.transcribe_windows(audio, language="de", budget=0.5)
     assert r.mask == [bool(m) for m in mask] and not all(r.mask)
-    names, _ = planning_costs(gw.model.dims, 100, gw.audio_ctx, 1.0)
-    assert names == gw.gate_names
+    assert list(module_costs(gw.model.dims, 100)) == gw.gate_names == gw.planner.gate_names
 
 
 @pytest.mark.parametrize("adapt,scope", [("none", "decoder"), ("lora", "both"), ("full", "encoder"),

@@ -10,7 +10,7 @@ HELP = """Build one TensorRT engine per ONNX subgraph of a bundle, on this devic
 Engines are specific to the GPU, its compute capability and the TensorRT version, so they are
 built where they run (a Jetson: minutes, once) and cached beside the bundle in
 BUNDLE/engines/<gpu>-sm<cc>-trt<version>/ (or under --cache / $EDGEGATE_ENGINE_CACHE). Each
-engine has one optimization profile from the manifest's dynamic axes; a session on the tensorrt
+engine has the shape ranges of the manifest's dynamic axes; a session on the tensorrt
 backend reuses them (and builds missing ones itself when this was not run). Needs an NVIDIA GPU,
 pip install tensorrt cuda-python.
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from edgegate.runtimes.bundle import Bundle
 
     bundle = Bundle.open(args.bundle)  # verifies every file's SHA-256 before anything is built
-    fmt = bundle.manifest.get("module_format", "onnx")
+    fmt = bundle.module_format
     if fmt != "onnx":
         from edgegate.errors import BundleError
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                if v is not None}
     precision = args.precision or bundle.profile.get("precision", "fp16")
     backend = TensorRTBackend(precision=precision, device="gpu", options=options)
-    records = backend.build_engines(bundle.path, force=args.force, progress=not args.no_progress,
+    records = backend.build_engines(bundle, force=args.force, progress=not args.no_progress,
                                     log=lambda msg: print(msg, file=sys.stderr))
     built = [r for r in records if r["status"] == "built"]
     print(f"{backend.cache_dir(bundle.path)}  ({len(built)} built in {sum(r['seconds'] for r in built):.0f} s, "

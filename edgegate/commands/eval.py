@@ -110,24 +110,18 @@ def _audio_ctx(text: str, trained: int | None) -> int | None:
 
 
 def _runtime(args: argparse.Namespace):
-    """The torch-free runtime's Session, when it is installed (see edgegate.runtimes)."""
-    from edgegate.errors import EdgegateError
+    """The torch-free runtime's Session on the bundle, its gate names and cost function."""
+    from edgegate.runtimes.session import Session
 
-    try:
-        from edgegate.runtimes import Session  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise EdgegateError(f"--bundle needs the edgegate runtime (edgegate.runtimes.Session): {exc}") from None
     sess = Session.load(args.bundle)
 
     def transcribe_fn(audio, lang, task, budget):
         return sess.transcribe(audio, 16000, lang, task, budget=budget)
 
-    from edgegate.evaluation import whisper_cost_fn
-    from edgegate.models.whisper import ModelDims
+    from edgegate.evaluation import request_cost_fn
 
-    # FLOPs from the bundle's own dims and context margin, counted as for the PyTorch model.
-    dims = ModelDims(**{k: v for k, v in sess.dims.items() if k in ModelDims.__dataclass_fields__})
-    return transcribe_fn, list(sess.gate_names), whisper_cost_fn(dims, sess.audio_ctx)
+    # FLOPs from the bundle's own cost terms and context margin, counted as for the PyTorch model.
+    return transcribe_fn, list(sess.gate_names), request_cost_fn(sess.costs, sess.always_on_flops, sess.audio_ctx)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgegate.export.onnx_export import export_bundle
+    from edgegate.export.core import export_bundle
 
     path = export_bundle(out=args.out, target=args.target, model=args.model, gates=args.gates, budget=args.budget,
                          scope=args.scope, force=args.force, progress=not args.no_progress, opset=args.opset)

@@ -24,6 +24,13 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f}"
 
 
+def _shape(dims: dict, limits) -> str:
+    if {"n_audio_layer", "n_audio_state", "n_text_layer", "n_text_state"} <= dims.keys():
+        return (f"encoder {dims['n_audio_layer']}x{dims['n_audio_state']}, decoder {dims['n_text_layer']}x"
+                f"{dims['n_text_state']}, vocab {limits.n_vocab}")
+    return ", ".join(f"{k} {v}" for k, v in dims.items()) + f", vocab {limits.n_vocab}"
+
+
 def report(bundle, checks) -> str:
     m = bundle.manifest
     dims = m["model"]["dims"]
@@ -35,8 +42,7 @@ def report(bundle, checks) -> str:
     lines = [
         f"bundle   {bundle.path}",
         f"schema   {m['format']} v{m['schema_version']}  ({m.get('module_format', 'onnx')} modules)",
-        f"model    {m['model'].get('family')} {m['model'].get('name')}: encoder {dims['n_audio_layer']}x"
-        f"{dims['n_audio_state']}, decoder {dims['n_text_layer']}x{dims['n_text_state']}, vocab {dims['n_vocab']}",
+        f"model    {m['model'].get('family')} {m['model'].get('name')}: {_shape(dims, bundle.limits)}",
         f"profile  {prof.get('name', '?')}: backends {','.join(prof.get('backends', []))}, "
         f"{prof.get('precision', '?')}, {prof.get('threads', '?')} threads",
         "budget   " + (f"{budget['value']:g} (scope {budget['scope']}, {budget['cost_unit']})" if budget
@@ -50,14 +56,14 @@ def report(bundle, checks) -> str:
     total_gated = sum(gate_costs.values())
     always = sum(m["costs"].get("always_on", {}).values())
     status = {c.file: ("ok" if c.ok else "FAILED") for c in checks} if checks is not None else {}
-    rows = [("module", "kind", "stage", "MB", "GFLOPs", "adapter", "hash")]
+    rows = [("module", "kind", "stage", "precision", "MB", "GFLOPs", "adapter", "hash")]
     # An ExecuTorch bundle holds every module as a method of one .pte: its size is not per module.
     users: dict[str, int] = {}
     for mod in bundle.modules:
         users[mod.file] = users.get(mod.file, 0) + 1
     for mod in bundle.modules:
         size = files.get(mod.file, {}).get("bytes", 0)
-        rows.append((mod.name, mod.kind, mod.stage, _mb(size) if users[mod.file] == 1 else "shared",
+        rows.append((mod.name, mod.kind, mod.stage, mod.precision, _mb(size) if users[mod.file] == 1 else "shared",
                      f"{mod.flops / 1e9:.3f}",
                      "yes" if mod.adapter else "", status.get(mod.file, "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import signal
 import sys
 import threading
-from typing import Any
 
 from edgegate.errors import EdgegateError
 
@@ -96,64 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# --------------------------------------------------------------------------- output
-
-
-class Console:
-    """Final lines on stdout; partials (one updating line), notices and the summary on stderr."""
-
-    def __init__(self, fmt: str = "text", out=None, err=None):
-        self.fmt = fmt
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self.live_line = self.err.isatty()
-        self._shown = False
-        self._lock = threading.Lock()
-
-    def _clear(self) -> None:
-        if self._shown:
-            self.err.write("\r\033[K")
-            self.err.flush()
-            self._shown = False
-
-    def partial(self, event) -> None:
-        with self._lock:
-            if self.fmt == "jsonl":
-                self._json({"type": "partial", "text": event.text, "start": round(event.start_s, 3),
-                            "duration": round(event.duration, 3), "tentative": event.tentative})
-            elif self.live_line and event.text:
-                width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-                line = ("» " if event.tentative else "… ") + event.text
-                if len(line) > width:
-                    line = "…" + line[-(width - 1):]
-                self.err.write("\r\033[K" + line)
-                self.err.flush()
-                self._shown = True
-
-    def final(self, event) -> None:
-        with self._lock:
-            self._clear()
-            if self.fmt == "jsonl":
-                self._json({"type": "final", "index": event.index, "text": event.text, "start": round(event.start_s, 3),
-                            "end": round(event.end_s, 3), "language": event.language,
-                            "latency": round(event.latency, 3), "text_latency": round(event.text_latency, 3),
-                            "compute": round(event.compute, 3), "kept": event.kept, "total": event.total,
-                            "budget": event.budget, "forced": event.forced})
-                return
-            budget = "" if event.budget is None else f", budget {event.budget:.1f}"
-            print(f"[{event.start_s:7.2f} -> {event.end_s:7.2f}] {event.text}  "
-                  f"(latency {event.latency:.2f} s, {event.modules()}{budget})", file=self.out, flush=True)
-
-    def info(self, message: str) -> None:
-        with self._lock:
-            self._clear()
-            print(message, file=self.err, flush=True)
-
-    def _json(self, obj: dict[str, Any]) -> None:
-        print(json.dumps(obj, ensure_ascii=False), file=self.out, flush=True)
-
-
-def list_devices(console: Console) -> int:
+def list_devices(console) -> int:
     from edgegate.live import NO_DEVICE_MESSAGE, list_input_devices
 
     try:
@@ -175,55 +115,42 @@ def list_devices(console: Console) -> int:
 # --------------------------------------------------------------------------- run
 
 
-def run(args: argparse.Namespace, console: Console | None = None) -> int:
-    from edgegate.live import (
-        NO_DEVICE_MESSAGE,
-        FileSource,
-        Final,
-        KeyReader,
-        LiveTranscriber,
-        MicSource,
-        Notice,
-        Partial,
-        list_input_devices,
-        load_transcriber,
-    )
+def _source(args: argparse.Namespace):
+    """The audio source, opened before the model loads: a bad file or a missing device fails in a second."""
+    from edgegate.live import NO_DEVICE_MESSAGE, FileSource, MicSource, list_input_devices
+
+    if args.fast and not args.input:
+        raise EdgegateError("--fast only applies to --input FILE replay; drop --fast or add --input FILE")
+    if args.input:
+        return FileSource(args.input, realtime=not args.fast)
+    if not list_input_devices():
+        raise EdgegateError(NO_DEVICE_MESSAGE)
+    return MicSource(args.device)
+
+
+def _live(args: argparse.Namespace, vad_config):
+    from edgegate.live import LiveTranscriber, load_transcriber
+
+    transcriber = load_transcriber(args.bundle, args.model or "whisper-base", threads=args.threads,
+                                   backend=args.backend)
+    return LiveTranscriber(transcriber, language=args.language, task=args.task, budget=args.budget, vad=args.vad,
+                           vad_config=vad_config, partials=not args.no_partials,
+                           partial_interval=args.partial_interval, audio_ctx=args.audio_ctx,
+                           partial_ctx=args.audio_ctx)
+
+
+def run(args: argparse.Namespace, console=None) -> int:
+    from edgegate.live import Console, KeyReader, budget_keys, show_event
     from edgegate.vad import VadConfig
 
     console = console or Console(args.format)
     if args.list_devices:
         return list_devices(console)
-    if args.fast and not args.input:
-        raise EdgegateError("--fast only applies to --input FILE replay; drop --fast or add --input FILE")
     vad_config = VadConfig(min_silence=args.min_silence, max_utterance=args.max_utterance,
                            post_pad=min(0.2, args.min_silence)).validate()
-    # Open the input before loading the model: a bad file or a missing device fails in a second.
-    if args.input:
-        source = FileSource(args.input, realtime=not args.fast)
-    else:
-        if not list_input_devices():
-            raise EdgegateError(NO_DEVICE_MESSAGE)
-        source = MicSource(args.device)
-
-    transcriber = load_transcriber(args.bundle, args.model or "whisper-base", threads=args.threads,
-                                   backend=args.backend)
-    live = LiveTranscriber(transcriber, language=args.language, task=args.task, budget=args.budget, vad=args.vad,
-                           vad_config=vad_config, partials=not args.no_partials,
-                           partial_interval=args.partial_interval, audio_ctx=args.audio_ctx,
-                           partial_ctx=args.audio_ctx)
+    source = _source(args)
+    live = _live(args, vad_config)
     warm = live.warmup()  # also validates --language and --budget before the microphone opens
-
-    def on_key(ch: str) -> None:
-        if ch in "+=-_":
-            try:
-                value = live.step_budget(0.1 if ch in "+=" else -0.1)
-                console.info(f"budget {value:.1f} (from the next utterance)")
-            except EdgegateError as exc:
-                console.info(f"budget unchanged: {exc}")
-        elif ch in "qQ":
-            console.info("stopping after the current utterance")
-            live.stop()
-
     interrupted = {"n": 0}
 
     def on_sigint(signum, frame):
@@ -233,24 +160,19 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
         console.info("stopping after the current utterance (Ctrl-C again to quit now)")
         live.stop()
 
-    keys = KeyReader(on_key)
+    keys = KeyReader(budget_keys(live, console))
     old_handler = None
     if threading.current_thread() is threading.main_thread():
         old_handler = signal.signal(signal.SIGINT, on_sigint)
     try:
         has_keys = keys.start()
-        default = getattr(transcriber, "default_budget", None)
+        default = getattr(live.transcriber, "default_budget", None)
         budget = f"{live.budget:.1f}" if live.budget is not None else (
             "dense" if default is None else f"{default:.1f} (profile)")
         console.info(f"model: {live.describe()}; vad: {live.detector.name}; budget: {budget}; warm-up {warm:.1f} s"
                      + ("; keys: + / - budget, q quit" if has_keys else "") + "; Ctrl-C stops")
         for event in live.run(source):
-            if isinstance(event, Partial):
-                console.partial(event)
-            elif isinstance(event, Final):
-                console.final(event)
-            elif isinstance(event, Notice):
-                console.info(("error: " if event.level == "error" else "") + event.message)
+            show_event(console, event)
     except KeyboardInterrupt:  # the second Ctrl-C: quit now, but still say what was done
         console.info("interrupted")
         console.info(live.summary.format())

@@ -1,4 +1,4 @@
-"""``edgegate profile BUNDLE``: time every module on this device and store the table as ``costs.ms``."""
+"""``edgegate profile BUNDLE``: time every module on this device and store the latency table as ``costs.ms``."""
 
 from __future__ import annotations
 
@@ -47,24 +47,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgegate.errors import EdgegateError
     from edgegate.runtimes.bundle import Bundle
-    from edgegate.runtimes.profiling import format_table, profile_bundle, write_profile
-    from edgegate.runtimes.session import Session, _Dims
+    from edgegate.runtimes.latency import format_latency_table, measure_latency, write_latency_table
+    from edgegate.runtimes.session import Session
 
     if args.threads is not None and args.threads < 1:
         raise EdgegateError(f"--threads must be >= 1: got {args.threads}")
     session = Session.load(args.bundle, backend=args.backend, threads=args.threads)
     described = session.backend.describe()
     try:
-        prof = profile_bundle(session, n_frames=args.frames, n_tokens=args.tokens, repeats=args.repeats,
-                              progress=not args.no_progress)
+        table = measure_latency(session, n_frames=args.frames, n_tokens=args.tokens, repeats=args.repeats,
+                                progress=not args.no_progress)
     finally:
         session.backend.close()
     print(f"# {session.bundle.path}: {described}")
-    print(format_table(prof, _Dims(session.dims), session.gate_names))
+    terms = {**session.bundle.gate_terms, **session.bundle.always_on_terms}
+    print(format_latency_table(table, terms, session.gate_names))
     if args.dry_run:
         print("dry run: manifest not changed")
         return 0
-    path = write_profile(session.bundle.path, prof)
+    path = write_latency_table(session.bundle.path, table)
     Bundle.open(session.bundle.path)  # the written bundle must still load and verify
     print(f"wrote costs.ms to {path}")
     return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgegate.data.manifest import DataError
+from edgegate.data.templates import _COUNTRIES, _FR_MASCULINE, _NAMES, _NOUN_COL, _NOUNS, TEMPLATES
 
 LANGUAGES = ("en", "de", "es", "fr", "it")
 LANGUAGE_NAMES = {"en": "English", "de": "German", "es": "Spanish", "fr": "French", "it": "Italian"}
@@ -218,44 +219,6 @@ def country_name(code: str, lang: str) -> str:
     return _locale(check_language(lang)).territories[code]
 
 
-# Countries that take no article in German and Italian after "in"; the French preposition
-# ("au" for masculine, else "en") is given explicitly.
-_COUNTRIES = ("FR", "ES", "IT", "DE", "AT", "PL", "SE", "NO", "DK", "FI", "GR", "PT", "IE", "JP", "CN",
-              "IN", "RU", "BR", "CA", "MX", "AR", "AU", "EG", "HR", "HU", "BE")
-_FR_MASCULINE = {"JP", "PT", "BR", "CA", "MX", "DK"}
-
-# (English plural, German, Spanish, Spanish gender, French, Italian) - countable objects.
-_NOUNS = (
-    ("apples", "Äpfel", "manzanas", "f", "pommes", "mele"),
-    ("books", "Bücher", "libros", "m", "livres", "libri"),
-    ("chairs", "Stühle", "sillas", "f", "chaises", "sedie"),
-    ("letters", "Briefe", "cartas", "f", "lettres", "lettere"),
-    ("bottles", "Flaschen", "botellas", "f", "bouteilles", "bottiglie"),
-    ("tickets", "Fahrkarten", "billetes", "m", "billets", "biglietti"),
-    ("keys", "Schlüssel", "llaves", "f", "clés", "chiavi"),
-    ("flowers", "Blumen", "flores", "f", "fleurs", "fiori"),
-    ("cups", "Tassen", "tazas", "f", "tasses", "tazze"),
-    ("pens", "Stifte", "bolígrafos", "m", "stylos", "penne"),
-    ("plates", "Teller", "platos", "m", "assiettes", "piatti"),
-    ("eggs", "Eier", "huevos", "m", "œufs", "uova"),
-    ("oranges", "Orangen", "naranjas", "f", "oranges", "arance"),
-    ("newspapers", "Zeitungen", "periódicos", "m", "journaux", "giornali"),
-    ("candles", "Kerzen", "velas", "f", "bougies", "candele"),
-    ("shirts", "Hemden", "camisas", "f", "chemises", "camicie"),
-    ("glasses", "Gläser", "vasos", "m", "verres", "bicchieri"),
-    ("boxes", "Kisten", "cajas", "f", "boîtes", "scatole"),
-)
-_NOUN_COL = {"en": 0, "de": 1, "es": 2, "fr": 4, "it": 5}
-
-# First names that read acceptably in all five languages (gender for agreement).
-_NAMES = (
-    ("Anna", "f"), ("Maria", "f"), ("Laura", "f"), ("Sofia", "f"), ("Elena", "f"), ("Julia", "f"),
-    ("Clara", "f"), ("Eva", "f"), ("Nina", "f"), ("Paula", "f"), ("Emma", "f"), ("Lisa", "f"),
-    ("Paul", "m"), ("Peter", "m"), ("Thomas", "m"), ("Marco", "m"), ("David", "m"), ("Lucas", "m"),
-    ("Martin", "m"), ("Daniel", "m"), ("Hugo", "m"), ("Leo", "m"), ("Oscar", "m"), ("Carlos", "m"),
-)
-
-
 def _count_number(rng: random.Random, lo: int, hi: int) -> int:
     """A number in [lo, hi] avoiding units of one (gender agreement: un/una/une, veintiún...)."""
     while True:
@@ -324,161 +287,6 @@ def _country_phrase(code: str, lang: str, kind: str) -> str:
     if kind not in table:
         raise TextSourceError(f"internal: no '{kind}' country phrase for {lang}")
     return f"{table[kind]} {c}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Templates: (sentence in L, English translation). Slots:
-#   {count} number + noun   {num} 2..999   {small} 2..99   {year} 1950..2030
-#   {name} {name2}          {day} weekday  {on_day}        {in_month}  {on_date}  {at_hour}
-#   {country} {in_country} {to_country} {from_country}     {g:masc|fem} agrees with {name}
-# ----------------------------------------------------------------------------------------------
-
-TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
-    "de": (
-        ("Ich habe {count}.", "I have {count}."),
-        ("Wir brauchen noch {count}.", "We still need {count}."),
-        ("Ich habe gestern {count} gekauft.", "I bought {count} yesterday."),
-        ("{name} hat {count}.", "{name} has {count}."),
-        ("In der Kiste sind {count}.", "There are {count} in the box."),
-        ("{name} ist {small} Jahre alt.", "{name} is {small} years old."),
-        ("Das kostet {num} Euro.", "That costs {num} euros."),
-        ("Der Zug fährt {at_hour} ab.", "The train leaves {at_hour}."),
-        ("Wir treffen uns {on_day} {at_hour}.", "We are meeting {on_day} {at_hour}."),
-        ("Heute ist {day}.", "Today is {day}."),
-        ("Mein Geburtstag ist {in_month}.", "My birthday is {in_month}."),
-        ("{name} wohnt {in_country}.", "{name} lives {in_country}."),
-        ("{name} kommt {from_country}.", "{name} comes {from_country}."),
-        ("Nächstes Jahr fahren wir {to_country}.", "Next year we are going {to_country}."),
-        ("{name} wurde {year} geboren.", "{name} was born in {year}."),
-        ("{name} kommt {on_date} zurück.", "{name} is coming back {on_date}."),
-        ("Ich habe {small} Minuten gewartet.", "I waited for {small} minutes."),
-        ("Bis zur Stadt sind es noch {num} Kilometer.", "It is still {num} kilometres to the city."),
-        ("{name} und {name2} arbeiten {in_country}.", "{name} and {name2} work {in_country}."),
-        ("{in_month} ist es {in_country} oft kalt.", "{in_month} it is often cold {in_country}."),
-        ("Das Konzert beginnt {on_date} {at_hour}.", "The concert starts {on_date} {at_hour}."),
-        ("Unser Haus hat {small} Fenster.", "Our house has {small} windows."),
-        ("{name} liest jeden Tag {small} Seiten.", "{name} reads {small} pages every day."),
-        ("Die Schule hat {num} Schüler.", "The school has {num} pupils."),
-        ("Ich rufe dich {on_day} an.", "I will call you {on_day}."),
-        ("Der Laden ist {on_day} geschlossen.", "The shop is closed {on_day}."),
-        ("{name} hat {on_date} Geburtstag.", "{name}'s birthday is {on_date}."),
-        ("Wir fliegen {in_month} {to_country}.", "We are flying {to_country} {in_month}."),
-        ("Im Garten stehen {num} Bäume.", "There are {num} trees in the garden."),
-        ("Der Film dauert {small} Minuten.", "The film lasts {small} minutes."),
-        ("{name} hat mir {count} geschenkt.", "{name} gave me {count}."),
-        ("Kannst du mir {count} bringen?", "Can you bring me {count}?"),
-        ("{name} hat {year} {in_country} gelebt.", "{name} lived {in_country} in {year}."),
-        ("Am Wochenende fährt {name} {to_country}.", "At the weekend {name} is going {to_country}."),
-    ),
-    "es": (
-        ("Tengo {count}.", "I have {count}."),
-        ("Todavía necesitamos {count}.", "We still need {count}."),
-        ("Ayer compré {count}.", "I bought {count} yesterday."),
-        ("{name} tiene {count}.", "{name} has {count}."),
-        ("En la caja hay {count}.", "There are {count} in the box."),
-        ("{name} tiene {small} años.", "{name} is {small} years old."),
-        ("Esto cuesta {num} euros.", "This costs {num} euros."),
-        ("El tren sale {at_hour}.", "The train leaves {at_hour}."),
-        ("Nos vemos {on_day} {at_hour}.", "See you {on_day} {at_hour}."),
-        ("Hoy es {day}.", "Today is {day}."),
-        ("Mi cumpleaños es {in_month}.", "My birthday is {in_month}."),
-        ("{name} vive {in_country}.", "{name} lives {in_country}."),
-        ("{name} es {from_country}.", "{name} is {from_country}."),
-        ("El año que viene viajamos {to_country}.", "Next year we are travelling {to_country}."),
-        ("{name} nació en {year}.", "{name} was born in {year}."),
-        ("{name} vuelve {on_date}.", "{name} is coming back {on_date}."),
-        ("Esperé {small} minutos.", "I waited for {small} minutes."),
-        ("Faltan {num} kilómetros para llegar a la ciudad.", "It is {num} kilometres to the city."),
-        ("{name} y {name2} trabajan {in_country}.", "{name} and {name2} work {in_country}."),
-        ("{in_month} suele hacer frío {in_country}.", "{in_month} it is usually cold {in_country}."),
-        ("El concierto empieza {on_date} {at_hour}.", "The concert starts {on_date} {at_hour}."),
-        ("Nuestra casa tiene {small} ventanas.", "Our house has {small} windows."),
-        ("{name} lee {small} páginas cada día.", "{name} reads {small} pages every day."),
-        ("La escuela tiene {num} alumnos.", "The school has {num} pupils."),
-        ("Te llamo {on_day}.", "I will call you {on_day}."),
-        ("La tienda está cerrada {on_day}.", "The shop is closed {on_day}."),
-        ("El cumpleaños de {name} es {on_date}.", "{name}'s birthday is {on_date}."),
-        ("Volamos {to_country} {in_month}.", "We are flying {to_country} {in_month}."),
-        ("En el jardín hay {num} árboles.", "There are {num} trees in the garden."),
-        ("La película dura {small} minutos.", "The film lasts {small} minutes."),
-        ("{name} me regaló {count}.", "{name} gave me {count}."),
-        ("¿Puedes traerme {count}?", "Can you bring me {count}?"),
-        ("{name} vivió {in_country} en {year}.", "{name} lived {in_country} in {year}."),
-        ("El fin de semana {name} viaja {to_country}.", "At the weekend {name} is travelling {to_country}."),
-    ),
-    "fr": (
-        ("J'ai {count}.", "I have {count}."),
-        ("Il nous faut encore {count}.", "We still need {count}."),
-        ("Hier, j'ai acheté {count}.", "I bought {count} yesterday."),
-        ("{name} a {count}.", "{name} has {count}."),
-        ("Il y a {count} dans la boîte.", "There are {count} in the box."),
-        ("{name} a {small} ans.", "{name} is {small} years old."),
-        ("Ça coûte {num} euros.", "That costs {num} euros."),
-        ("Le train part {at_hour}.", "The train leaves {at_hour}."),
-        ("On se voit {on_day} {at_hour}.", "See you {on_day} {at_hour}."),
-        ("Aujourd'hui, c'est {day}.", "Today is {day}."),
-        ("Mon anniversaire est {in_month}.", "My birthday is {in_month}."),
-        ("{name} habite {in_country}.", "{name} lives {in_country}."),
-        ("{name} vient {from_country}.", "{name} comes {from_country}."),
-        ("L'année prochaine, nous allons {to_country}.", "Next year we are going {to_country}."),
-        ("{name} est {g:né|née} en {year}.", "{name} was born in {year}."),
-        ("{name} revient {on_date}.", "{name} is coming back {on_date}."),
-        ("J'ai attendu {small} minutes.", "I waited for {small} minutes."),
-        ("La ville est encore à {num} kilomètres.", "The city is still {num} kilometres away."),
-        ("{name} et {name2} travaillent {in_country}.", "{name} and {name2} work {in_country}."),
-        ("{in_month}, il fait souvent froid {in_country}.", "{in_month} it is often cold {in_country}."),
-        ("Le concert commence {on_date} {at_hour}.", "The concert starts {on_date} {at_hour}."),
-        ("Notre maison a {small} fenêtres.", "Our house has {small} windows."),
-        ("{name} lit {small} pages par jour.", "{name} reads {small} pages a day."),
-        ("L'école compte {num} élèves.", "The school has {num} pupils."),
-        ("Je t'appelle {on_day}.", "I will call you {on_day}."),
-        ("Le magasin est fermé {on_day}.", "The shop is closed {on_day}."),
-        ("{name} fête son anniversaire {on_date}.", "{name} celebrates {g:his|her} birthday {on_date}."),
-        ("Nous partons {to_country} {in_month}.", "We are going {to_country} {in_month}."),
-        ("Il y a {num} arbres dans le jardin.", "There are {num} trees in the garden."),
-        ("Le film dure {small} minutes.", "The film lasts {small} minutes."),
-        ("{name} m'a offert {count}.", "{name} gave me {count}."),
-        ("Tu peux m'apporter {count} ?", "Can you bring me {count}?"),
-        ("En {year}, {name} habitait {in_country}.", "In {year}, {name} lived {in_country}."),
-        ("Ce week-end, {name} part {to_country}.", "This weekend {name} is going {to_country}."),
-    ),
-    "it": (
-        ("Ho {count}.", "I have {count}."),
-        ("Ci servono ancora {count}.", "We still need {count}."),
-        ("Ieri ho comprato {count}.", "I bought {count} yesterday."),
-        ("{name} ha {count}.", "{name} has {count}."),
-        ("Nella scatola ci sono {count}.", "There are {count} in the box."),
-        ("{name} ha {small} anni.", "{name} is {small} years old."),
-        ("Costa {num} euro.", "It costs {num} euros."),
-        ("Il treno parte {at_hour}.", "The train leaves {at_hour}."),
-        ("Ci vediamo {on_day} {at_hour}.", "See you {on_day} {at_hour}."),
-        ("Oggi è {day}.", "Today is {day}."),
-        ("Il mio compleanno è {in_month}.", "My birthday is {in_month}."),
-        ("{name} vive {in_country}.", "{name} lives {in_country}."),
-        ("{name} è {g:nato|nata} {in_country}.", "{name} was born {in_country}."),
-        ("L'anno prossimo andiamo {to_country}.", "Next year we are going {to_country}."),
-        ("{name} è {g:nato|nata} nel {year}.", "{name} was born in {year}."),
-        ("{name} torna {on_date}.", "{name} is coming back {on_date}."),
-        ("Ho aspettato {small} minuti.", "I waited for {small} minutes."),
-        ("La città è ancora a {num} chilometri.", "The city is still {num} kilometres away."),
-        ("{name} e {name2} lavorano {in_country}.", "{name} and {name2} work {in_country}."),
-        ("{in_month} fa spesso freddo {in_country}.", "{in_month} it is often cold {in_country}."),
-        ("Il concerto inizia {on_date} {at_hour}.", "The concert starts {on_date} {at_hour}."),
-        ("La nostra casa ha {small} finestre.", "Our house has {small} windows."),
-        ("{name} legge {small} pagine al giorno.", "{name} reads {small} pages a day."),
-        ("La scuola ha {num} alunni.", "The school has {num} pupils."),
-        ("Ti chiamo {on_day}.", "I will call you {on_day}."),
-        ("Il negozio è chiuso {on_day}.", "The shop is closed {on_day}."),
-        ("Il compleanno di {name} è {on_date}.", "{name}'s birthday is {on_date}."),
-        ("Andiamo {to_country} {in_month}.", "We are going {to_country} {in_month}."),
-        ("Nel giardino ci sono {num} alberi.", "There are {num} trees in the garden."),
-        ("Il film dura {small} minuti.", "The film lasts {small} minutes."),
-        ("{name} mi ha regalato {count}.", "{name} gave me {count}."),
-        ("Puoi portarmi {count}?", "Can you bring me {count}?"),
-        ("Nel {year} {name} viveva {in_country}.", "In {year} {name} lived {in_country}."),
-        ("Questo fine settimana {name} va {to_country}.", "This weekend {name} is going {to_country}."),
-    ),
-}
 
 
 @functools.lru_cache(maxsize=1)

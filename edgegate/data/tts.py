@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegate.data.manifest import DataError
+from edgegate.files import sha256_file
 
 SAMPLE_RATE = 16000
 ENGINES = ("espeak", "kokoro")
@@ -171,14 +172,7 @@ def kokoro_model_path() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / "kokoro-v1.0.int8.onnx"
 
-    def digest(path: Path) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    if not (out.is_file() and digest(out) == expected):
+    if not (out.is_file() and sha256_file(out) == expected):
         tmp = cache / f".kokoro.{os.getpid()}.{threading.get_ident()}.tmp"
         h = hashlib.sha256()
         try:

@@ -3,13 +3,20 @@
 FLOPs count a multiply-add as 2. ``n_frames`` is the number of encoder positions (mel frames
 / 2; 1500 for a padded 30-s window) and ``n_tokens`` the number of decoder positions run
 (prompt plus generated tokens). Cross-attention is charged its K/V projection once per
-utterance plus its per-token query, scores and output.
+utterance plus its per-token query, scores and output. The table is kept as polynomial terms
+(:class:`edgegate.cost_model.CostTerms`): the exporter writes them into the manifest and the
+runtime evaluates the very same numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
+
+from edgegate.cost_model import CostTerms
+from edgegate.models.whisper_layout import EMBED, LN_POST, LOGITS, STEM, gate_layout
 
 
 class _Dims(Protocol):
@@ -38,39 +45,72 @@ def _mlp_params(d: int, m: int) -> int:
     return 2 * d * m + m + d + 2 * d
 
 
+def cross_kv_terms(d: int) -> CostTerms:
+    """The once-per-window K/V projection of one cross-attention: 2 (d x d) products per position."""
+    return CostTerms(t=4 * d * d)
+
+
+def _gate_terms(kind: str, part: str, dims: _Dims) -> tuple[CostTerms, int]:
+    if part == "encoder":
+        d, m = dims.n_audio_state, dims.n_audio_mlp
+        if kind == "attn":
+            return CostTerms(t=8 * d * d, tt=4 * d), _attn_params(d)
+        return CostTerms(t=4 * d * m), _mlp_params(d, m)
+    d, m = dims.n_text_state, dims.n_text_mlp
+    if kind == "self_attn":  # per token: projections, plus attention over the positions so far
+        return CostTerms(n=8 * d * d + 2 * d, nn=2 * d), _attn_params(d)
+    if kind == "cross_attn":
+        return cross_kv_terms(d) + CostTerms(n=4 * d * d, nt=4 * d), _attn_params(d)
+    return CostTerms(n=4 * d * m), _mlp_params(d, m)
+
+
+def module_cost_terms(dims: _Dims) -> dict[str, tuple[CostTerms, int]]:
+    """(FLOP terms, parameters) of each gateable module, in execution order, keyed by gate name."""
+    return {s.name: _gate_terms(s.kind, s.part, dims) for s in gate_layout(dims)}
+
+
+def always_on_cost_terms(dims: _Dims) -> dict[str, tuple[CostTerms, int]]:
+    """(FLOP terms, parameters) of the parts that always run: stem, final norm, embedding, logits."""
+    da, dt = dims.n_audio_state, dims.n_text_state
+    stem_params = dims.n_mels * da * 3 + da * da * 3 + 2 * da
+    return {
+        STEM: (CostTerms(t=12 * dims.n_mels * da + 6 * da * da), stem_params),
+        LN_POST: (CostTerms(t=5 * da), 2 * da),
+        EMBED: (CostTerms(n=dt), (dims.n_vocab + dims.n_text_ctx) * dt),
+        LOGITS: (CostTerms(n=2 * dt * dims.n_vocab), 2 * dt),
+    }
+
+
+def _at(table: dict[str, tuple[CostTerms, int]], n_frames: int, n_tokens: int,
+        bytes_per_param: int) -> dict[str, ModuleCost]:
+    return {k: ModuleCost(t.at(n_frames, n_tokens), p * bytes_per_param) for k, (t, p) in table.items()}
+
+
 def module_costs(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32,
                  bytes_per_param: int = 4) -> dict[str, ModuleCost]:
     """Cost of each gateable module, in execution order, keyed by its gate name."""
-    T, N = n_frames, n_tokens
-    costs: dict[str, ModuleCost] = {}
-    d, m = dims.n_audio_state, dims.n_audio_mlp
-    for i in range(dims.n_audio_layer):
-        costs[f"encoder.{i}.attn"] = ModuleCost(8 * T * d * d + 4 * T * T * d, _attn_params(d) * bytes_per_param)
-        costs[f"encoder.{i}.mlp"] = ModuleCost(4 * T * d * m, _mlp_params(d, m) * bytes_per_param)
-    d, m = dims.n_text_state, dims.n_text_mlp
-    # Sum over positions 1..N of the per-token attention to the cache.
-    self_scores = 4 * d * N * (N + 1) / 2
-    for i in range(dims.n_text_layer):
-        costs[f"decoder.{i}.self_attn"] = ModuleCost(8 * N * d * d + self_scores,
-                                                     _attn_params(d) * bytes_per_param)
-        costs[f"decoder.{i}.cross_attn"] = ModuleCost(4 * T * d * d + 4 * N * d * d + 4 * N * T * d,
-                                                      _attn_params(d) * bytes_per_param)
-        costs[f"decoder.{i}.mlp"] = ModuleCost(4 * N * d * m, _mlp_params(d, m) * bytes_per_param)
-    return costs
+    return _at(module_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
 
 
 def always_on_costs(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32,
                     bytes_per_param: int = 4) -> dict[str, ModuleCost]:
     """Parts that always run: conv stem, final norms, token embedding and output projection."""
-    da, dt = dims.n_audio_state, dims.n_text_state
-    stem = 2 * (2 * n_frames) * dims.n_mels * da * 3 + 2 * n_frames * da * da * 3
-    stem_params = dims.n_mels * da * 3 + da * da * 3 + 2 * da
-    return {
-        "encoder.stem": ModuleCost(stem, stem_params * bytes_per_param),
-        "encoder.ln_post": ModuleCost(5 * n_frames * da, 2 * da * bytes_per_param),
-        "decoder.embed": ModuleCost(n_tokens * dt, (dims.n_vocab + dims.n_text_ctx) * dt * bytes_per_param),
-        "decoder.logits": ModuleCost(2 * n_tokens * dt * dims.n_vocab, 2 * dt * bytes_per_param),
-    }
+    return _at(always_on_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
+
+
+def flop_costs(dims: _Dims):
+    """The planner's cost function for this model: (positions, tokens, unit) -> FLOPs per gate."""
+    from edgegate.errors import BudgetError
+
+    terms = [t for t, _ in module_cost_terms(dims).values()]
+
+    def costs(positions: int, tokens: int, unit: str = "flops") -> np.ndarray:
+        if unit != "flops":
+            raise BudgetError(f"the PyTorch model plans in FLOPs; a budget in {unit!r} needs a bundle measured "
+                              "with edgegate profile (use the runtime Session)")
+        return np.array([t.at(positions, tokens) for t in terms], dtype=np.float64)
+
+    return costs
 
 
 def gateable_fraction(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32) -> float:

@@ -80,23 +80,24 @@ def load_ct2(directory: str | Path) -> Whisper:
         linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
         linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
 
-    for name in ("conv1", "conv2"):
-        linear(f"encoder.{name}", f"encoder/{name}")
+    for name in ("encoder.conv1", "encoder.conv2"):
+        linear(name, name.replace(".", "/"))
     s["encoder.positional_embedding"] = _t(v["encoder/position_encodings/encodings"])
+    def self_attention(dst: str, src: str, d: int) -> None:
+        ln(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+        fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", d)
+        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+
     for i in range(n_audio_layer):
         dst, src = f"encoder.blocks.{i}", f"encoder/layer_{i}"
-        ln(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", d_a)
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+        self_attention(dst, src, d_a)
         ffn(dst, src)
     ln("encoder.ln_post", "encoder/layer_norm")
     s["decoder.token_embedding.weight"] = _t(v["decoder/embeddings/weight"])
     s["decoder.positional_embedding"] = _t(v["decoder/position_encodings/encodings"])
     for i in range(n_text_layer):
         dst, src = f"decoder.blocks.{i}", f"decoder/layer_{i}"
-        ln(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", d_t)
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+        self_attention(dst, src, d_t)
         ln(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")
         linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0")
         fused([f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"], f"{src}/attention/linear_1", d_t)
@@ -138,29 +139,28 @@ def load_hf(directory: str | Path) -> Whisper:
     def copy(dst: str, src: str) -> None:
         s[f"{dst}.weight"], s[f"{dst}.bias"] = raw[f"{src}.weight"], raw[f"{src}.bias"]
 
+    def copy_block(part: str, i: int) -> None:
+        dst, src = f"{part}.blocks.{i}", f"{part}.layers.{i}"
+        copy_attn(f"{dst}.attn", f"{src}.self_attn")
+        copy(f"{dst}.attn_ln", f"{src}.self_attn_layer_norm")
+        if part == "decoder":
+            copy_attn(f"{dst}.cross_attn", f"{src}.encoder_attn")
+            copy(f"{dst}.cross_attn_ln", f"{src}.encoder_attn_layer_norm")
+        copy(f"{dst}.mlp.0", f"{src}.fc1")
+        copy(f"{dst}.mlp.2", f"{src}.fc2")
+        copy(f"{dst}.mlp_ln", f"{src}.final_layer_norm")
+
     try:
         copy("encoder.conv1", "encoder.conv1")
         copy("encoder.conv2", "encoder.conv2")
         s["encoder.positional_embedding"] = raw["encoder.embed_positions.weight"]
         for i in range(dims.n_audio_layer):
-            dst, src = f"encoder.blocks.{i}", f"encoder.layers.{i}"
-            copy_attn(f"{dst}.attn", f"{src}.self_attn")
-            copy(f"{dst}.attn_ln", f"{src}.self_attn_layer_norm")
-            copy(f"{dst}.mlp.0", f"{src}.fc1")
-            copy(f"{dst}.mlp.2", f"{src}.fc2")
-            copy(f"{dst}.mlp_ln", f"{src}.final_layer_norm")
+            copy_block("encoder", i)
         copy("encoder.ln_post", "encoder.layer_norm")
         s["decoder.token_embedding.weight"] = raw["decoder.embed_tokens.weight"]
         s["decoder.positional_embedding"] = raw["decoder.embed_positions.weight"]
         for i in range(dims.n_text_layer):
-            dst, src = f"decoder.blocks.{i}", f"decoder.layers.{i}"
-            copy_attn(f"{dst}.attn", f"{src}.self_attn")
-            copy(f"{dst}.attn_ln", f"{src}.self_attn_layer_norm")
-            copy_attn(f"{dst}.cross_attn", f"{src}.encoder_attn")
-            copy(f"{dst}.cross_attn_ln", f"{src}.encoder_attn_layer_norm")
-            copy(f"{dst}.mlp.0", f"{src}.fc1")
-            copy(f"{dst}.mlp.2", f"{src}.fc2")
-            copy(f"{dst}.mlp_ln", f"{src}.final_layer_norm")
+            copy_block("decoder", i)
         copy("decoder.ln", "decoder.layer_norm")
     except KeyError as exc:
         raise ModelError(f"{directory}: not a transformers Whisper checkpoint (missing {exc})") from exc

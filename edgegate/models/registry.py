@@ -7,7 +7,6 @@ cache the assembled directory atomically.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -18,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgegate.errors import ModelError
+from edgegate.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("edgegate"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _assemble(name: str, spec: WheelModel, target: Path) -> None:
     pip_names = " ".join(p.replace("_", "-") + "==1.0.0" for p in spec.parts)
     for pkg in spec.parts:
@@ -69,7 +61,7 @@ def _assemble(name: str, spec: WheelModel, target: Path) -> None:
             for i, d in enumerate(data, start=1):
                 with (d / f"model.bin.part{i}").open("rb") as part:
                     shutil.copyfileobj(part, out, 1 << 22)
-        digest = _sha256(tmp / "model.bin")
+        digest = sha256_file(tmp / "model.bin")
         if digest != spec.sha256:
             raise ModelError(f"model {name!r}: assembled model.bin has SHA-256 {digest[:12]}..., expected "
                              f"{spec.sha256[:12]}...; reinstall: pip install --force-reinstall {pip_names}")

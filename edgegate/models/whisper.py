@@ -1,8 +1,9 @@
 """Whisper encoder-decoder in PyTorch whose every residual module can be skipped by a gate.
 
 Parameter names follow openai/whisper's ``model.py`` so that its checkpoints load as they are.
-Gateable modules have stable names in execution order (see ``gate_names``): ``encoder.3.attn``,
-``encoder.3.mlp``, ``decoder.1.self_attn``, ``decoder.1.cross_attn``, ``decoder.1.mlp``.
+Gateable modules have stable names in execution order (see ``gate_names``, defined with the
+model's dims in :mod:`edgegate.models.whisper_layout`): ``encoder.3.attn``, ``encoder.3.mlp``,
+``decoder.1.self_attn``, ``decoder.1.cross_attn``, ``decoder.1.mlp``.
 
 A gate vector holds one keep-value per gateable module:
 - ``None``: dense.
@@ -17,42 +18,13 @@ runs only when the module does not, so the dense path stays bit-identical.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass
-class ModelDims:
-    n_mels: int = 80
-    n_audio_ctx: int = 1500
-    n_audio_state: int = 512
-    n_audio_head: int = 8
-    n_audio_layer: int = 6
-    n_vocab: int = 51865
-    n_text_ctx: int = 448
-    n_text_state: int = 512
-    n_text_head: int = 8
-    n_text_layer: int = 6
-    n_audio_mlp: int = 0  # 0 means 4 * n_audio_state, as in OpenAI's checkpoints
-    n_text_mlp: int = 0
-
-    def __post_init__(self) -> None:
-        self.n_audio_mlp = self.n_audio_mlp or 4 * self.n_audio_state
-        self.n_text_mlp = self.n_text_mlp or 4 * self.n_text_state
-
-
-ENCODER_KINDS = ("attn", "mlp")
-DECODER_KINDS = ("self_attn", "cross_attn", "mlp")
-
-
-def gate_names(dims: ModelDims) -> list[str]:
-    """Gateable module names in execution order: all encoder modules, then all decoder modules."""
-    names = [f"encoder.{i}.{k}" for i in range(dims.n_audio_layer) for k in ENCODER_KINDS]
-    names += [f"decoder.{i}.{k}" for i in range(dims.n_text_layer) for k in DECODER_KINDS]
-    return names
+# The shape and the module names live torch-free, where the cost table and the exporter read them too.
+from edgegate.models.whisper_layout import DECODER_KINDS, ENCODER_KINDS, ModelDims, gate_names  # noqa: F401
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tensor:

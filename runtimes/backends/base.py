@@ -12,8 +12,10 @@ Contract for implementers:
   library is missing, and does any process-wide setup (thread pools) exactly once.
 - ``load(path, name=..., method=...)``: ``method`` is set for multi-method programs (one
   ``.pte`` holding every module: ``method`` is the module name), None for one-graph files.
-  Loading must not run the graph. ``prepare(bundle_dir, modules)`` is called once before the
-  first ``load`` (TensorRT: build or reuse cached engines beside the bundle).
+  Loading must not run the graph. ``prepare(bundle_dir, graphs, axes)`` is called once before
+  the first ``load`` with the bundle reader's specs of every graph (file, method, signature,
+  hash) and the bounds of the named axes (TensorRT: build or reuse cached engines beside the
+  bundle; ExecuTorch: check inputs against the signatures); backends never re-read the manifest.
 - ``Module.run(feed)``: inputs float32 / int64 C-contiguous numpy arrays; outputs numpy arrays
   that the caller may keep (no aliasing of internal buffers across calls). Inputs with a zero
   sized axis (an empty KV cache at the first decoding step) must work.
@@ -52,6 +54,9 @@ class Backend(ABC):
     name: ClassVar[str]
     pip_package: ClassVar[str]  # what to pip install when it is missing
     file_format: ClassVar[str]  # the bundle format it reads: "onnx" or "pte"
+    # Bounds a backend builds for (TensorRT engines); None: the bundle's own (a .pte's planned ones).
+    max_batch: int | None = None
+    max_step_tokens: int | None = None
 
     def __init__(self, threads: int | None = None, precision: str = "fp32", device: str = "auto",
                  options: Mapping[str, Any] | None = None):
@@ -65,8 +70,9 @@ class Backend(ABC):
     def is_available(cls) -> bool:
         """True when the library imports here (cheap; never raises)."""
 
-    def prepare(self, bundle_dir: Path, modules: Sequence[Any]) -> None:  # noqa: B027 - optional hook
-        """Called once before the first load (e.g. build TensorRT engines). Default: nothing."""
+    def prepare(self, bundle_dir: Path, graphs: Sequence[Any],  # noqa: B027 - optional hook
+                axes: Mapping[str, tuple[int, int, int]]) -> None:
+        """Called once before the first load with every graph's spec (e.g. build TensorRT engines)."""
 
     @abstractmethod
     def load(self, path: Path, name: str = "", method: str | None = None) -> Module:

@@ -21,8 +21,9 @@ Outputs alias the method's planned memory until its next call, so they are copie
 numpy: torch's parallel copy fights XNNPACK's spinning thread pool, +6 ms per large output).
 
 Shapes. ExecuTorch plans each method's memory for the upper bound of its dynamic axes, which the
-exporter records in the manifest (``executorch.axes``, from :func:`axis_bounds`). Inputs are
-checked against the method's signature before the call, so an oversized input (a beam wider
+exporter records in the manifest (``executorch.axes``, from
+:func:`edgegate.runtimes.schema.axis_bounds`); the bundle reader hands them to :meth:`prepare`.
+Inputs are checked against the method's signature before the call, so an oversized input (a beam wider
 than the export's ``max_batch``) is one :class:`BackendError` line instead of a native error.
 A zero-length axis works: the first decoding step passes an empty K/V cache (``past = 0``) and
 ExecuTorch + XNNPACK compute with it (the exporter declares ``past`` with minimum 0), with one
@@ -34,7 +35,6 @@ rejects with a native assert that aborts the process, so zero-size inputs are pa
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import threading
 import warnings
@@ -46,52 +46,14 @@ import numpy as np
 
 from edgegate.errors import BackendError
 from edgegate.runtimes.backends.base import Backend, Module
+from edgegate.runtimes.schema import GraphSpec
 
 PTE_FILE = "model.pte"
-DEFAULT_MAX_BATCH = 8  # beam width the decoder methods accept
-DEFAULT_MAX_STEP_TOKENS = 32  # tokens per decoder call: the prompt step has 3-4, later steps 1
 INSTALL = "pip install torch==2.13.0 executorch==1.4.1"
-
-# Stages whose subgraphs run once per utterance, at batch 1 (the per-step decoder takes the beams).
-ONCE_PER_UTTERANCE = ("encoder", "cross_kv", "predictor")
 
 _DTYPES = {"float32": np.float32, "int64": np.int64}
 _lock = threading.Lock()
 _pool: dict[str, Any] = {"threads": None, "loaded": False}
-
-
-def axis_bounds(dims: Mapping[str, int], max_batch: int = DEFAULT_MAX_BATCH,
-                max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS) -> dict[str, tuple[int, int, int]]:
-    """(min, opt, max) of every named dynamic axis of a bundle's subgraphs, from the model dims.
-
-    Used by the ExecuTorch exporter (it plans memory for ``max``) and by the TensorRT backend
-    (optimization profiles; ``opt`` is the size engines are tuned for: one beam, one token per
-    step, a padded 30-s window). ``past`` starts at 0: the empty cache of the first step.
-    """
-    n_audio, n_text = int(dims["n_audio_ctx"]), int(dims["n_text_ctx"])
-    step = max(1, min(int(max_step_tokens), n_text))
-    return {
-        "batch": (1, 1, int(max_batch)),
-        "kv_batch": (1, 1, 1),
-        "tokens": (1, 1, step),
-        "past": (0, min(32, n_text), n_text),
-        "total": (1, min(33, n_text), n_text + step),
-        "frames": (2, n_audio, n_audio),
-        "mel_frames": (4, 2 * n_audio, 2 * n_audio),  # even: 2 * frames (the stem halves it)
-    }
-
-
-def fixed_axis(axis: int | str, stage: str) -> int | None:
-    """The size a named axis is pinned to for ahead-of-time shapes (None: dynamic).
-
-    ``batch`` is 1 for the subgraphs that run once per utterance; ``kv_batch`` (the cross K/V the
-    decoder broadcasts over the beams) is always 1. Fixed integer axes stay as they are.
-    """
-    if isinstance(axis, int):
-        return axis
-    if axis == "kv_batch" or (axis == "batch" and stage in ONCE_PER_UTTERANCE):
-        return 1
-    return None
 
 
 def _default_threads() -> int:
@@ -133,33 +95,10 @@ def _configure_pool(pl: Any, threads: int) -> int:
         return current or threads
 
 
-class _Signature:
-    """A method's inputs (name, dtype, shape with named axes) and output names, from the manifest."""
-
-    def __init__(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]):
-        self.inputs = [(t["name"], str(t["dtype"]), tuple(t["shape"])) for t in inputs]
-        self.outputs = tuple(t["name"] for t in outputs)
-
-
-def manifest_signatures(manifest: Mapping[str, Any]) -> dict[tuple[str, str], _Signature]:
-    """(file, method) -> signature for every module, adapter and the predictor of a .pte bundle."""
-    sigs: dict[tuple[str, str], _Signature] = {}
-    for m in manifest.get("modules", []):
-        if m.get("method"):
-            sigs[(m["file"], m["method"])] = _Signature(m["inputs"], m["outputs"])
-        a = m.get("adapter") or {}
-        if a.get("method"):
-            sigs[(a["file"], a["method"])] = _Signature(a["inputs"], a["outputs"])
-    p = manifest.get("predictor") or {}
-    if p.get("method"):
-        sigs[(p["file"], p["method"])] = _Signature(p["inputs"], p["outputs"])
-    return sigs
-
-
 class ExecuTorchModule(Module):
     """One method of a loaded program."""
 
-    def __init__(self, method: Any, program: Any, torch: Any, name: str, signature: _Signature,
+    def __init__(self, method: Any, program: Any, torch: Any, name: str, signature: GraphSpec,
                  axes: Mapping[str, Sequence[int]]):
         self._method = method
         self._program = program  # the method borrows from its program: keep it alive
@@ -169,8 +108,8 @@ class ExecuTorchModule(Module):
         self._axes = {k: (int(v[0]), int(v[-1])) for k, v in axes.items()}
         self._lock = threading.Lock()  # an ExecuTorch method is not re-entrant
         self.name = name
-        self.input_names = tuple(n for n, _, _ in signature.inputs)
-        self.output_names = signature.outputs
+        self.input_names = tuple(t.name for t in signature.inputs)
+        self.output_names = tuple(t.name for t in signature.outputs)
 
     def _check(self, inp: str, arr: np.ndarray, shape: tuple) -> None:
         if arr.ndim != len(shape):
@@ -189,7 +128,8 @@ class ExecuTorchModule(Module):
 
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         args = []
-        for inp, dtype, shape in self._sig.inputs:
+        for t in self._sig.inputs:
+            inp, dtype, shape = t.name, t.dtype, t.shape
             try:
                 arr = feed[inp]
             except KeyError:
@@ -229,8 +169,8 @@ class ExecuTorchBackend(Backend):
         self._torch, self._pl = _import_bindings()
         self.threads = _configure_pool(self._pl, int(threads) if threads else _default_threads())
         self._programs: dict[Path, Any] = {}
-        self._signatures: dict[tuple[Path, str], _Signature] = {}
-        self._axes: dict[Path, dict[str, Any]] = {}
+        self._signatures: dict[tuple[Path, str], GraphSpec] = {}
+        self._axes: dict[str, tuple[int, int, int]] = {}
 
     @classmethod
     def is_available(cls) -> bool:
@@ -240,23 +180,24 @@ class ExecuTorchBackend(Backend):
         except (ImportError, ValueError):
             return False
 
-    # -- signatures from the manifest ----------------------------------------------------------
-    def _read_manifest(self, bundle_dir: Path) -> None:
+    # -- signatures from the bundle reader ------------------------------------------------------
+    def prepare(self, bundle_dir: Path, graphs: Sequence[GraphSpec], axes: Mapping[str, tuple[int, int, int]]) -> None:
         bundle_dir = Path(bundle_dir).resolve()
-        mpath = bundle_dir / "manifest.json"
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"cannot read {mpath} for the methods' signatures ({exc}); re-export the bundle") \
-                from None
-        axes = (manifest.get("executorch") or {}).get("axes") or {}
-        for (rel, method), sig in manifest_signatures(manifest).items():
-            path = (bundle_dir / rel).resolve()
-            self._signatures[(path, method)] = sig
-            self._axes[path] = axes
+        for g in graphs:
+            if g.method:
+                self._signatures[((bundle_dir / g.file).resolve(), g.method)] = g
+        self._axes = dict(axes)
 
-    def prepare(self, bundle_dir: Path, modules: Sequence[Any]) -> None:
-        self._read_manifest(Path(bundle_dir))
+    def _prepare_from(self, bundle_dir: Path) -> None:
+        """load() without prepare(): read the bundle beside the .pte (its reader, not the raw manifest)."""
+        from edgegate.errors import BundleError
+        from edgegate.runtimes.bundle import Bundle
+
+        try:
+            b = Bundle.open(bundle_dir, verify=False)
+        except BundleError as exc:
+            raise BackendError(f"cannot read the methods' signatures: {exc}") from None
+        self.prepare(b.path, b.graphs(), b.axis_bounds())
 
     # -- loading -----------------------------------------------------------------------------
     def _program(self, path: Path) -> Any:
@@ -289,7 +230,7 @@ class ExecuTorchBackend(Backend):
         if method not in names:
             raise BackendError(f"{path} has no method {method!r}; re-export the bundle")
         if (path, method) not in self._signatures:
-            self._read_manifest(path.parent)  # load() without prepare(): the manifest lies beside the .pte
+            self._prepare_from(path.parent)
         sig = self._signatures.get((path, method))
         if sig is None:
             raise BackendError(f"{path.parent / 'manifest.json'} lists no signature for method {method!r}; "
@@ -299,8 +240,7 @@ class ExecuTorchBackend(Backend):
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BackendError(f"ExecuTorch cannot load method {method!r} of {path} ({first})") from None
-        return ExecuTorchModule(meth, self._programs[path], self._torch, name or method, sig,
-                                self._axes.get(path, {}))
+        return ExecuTorchModule(meth, self._programs[path], self._torch, name or method, sig, self._axes)
 
     def describe(self) -> str:
         try:

@@ -13,7 +13,7 @@ from edgegate.errors import BackendError
 from edgegate.runtimes.backends.base import Backend
 
 # name -> (module:class, pip package, bundle format it reads)
-KNOWN: dict[str, tuple[str | None, str, str]] = {
+KNOWN: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("edgegate.runtimes.backends.ort:OrtBackend", "onnxruntime", "onnx"),
     "executorch": ("edgegate.runtimes.backends.executorch:ExecuTorchBackend", "executorch", "pte"),
     "tensorrt": ("edgegate.runtimes.backends.tensorrt:TensorRTBackend", "tensorrt", "onnx"),
@@ -31,11 +31,7 @@ def canonical(name: str) -> str:
 
 def backend_class(name: str) -> type[Backend]:
     key = canonical(name)
-    target, pip_name, _ = KNOWN[key]
-    if target is None:
-        raise BackendError(f"backend {key!r} is not implemented in this edgegate version yet; "
-                           "use --backend onnxruntime (pip install onnxruntime)")
-    module, _, cls = target.partition(":")
+    module, _, cls = KNOWN[key][0].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 

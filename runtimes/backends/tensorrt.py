@@ -6,23 +6,23 @@ releases). Both are imported inside :class:`TensorRTBackend`, so this module imp
 beyond numpy and stays torch-free.
 
 Engines. Each ONNX file of the bundle (modules, skip adapters, predictor) becomes one engine with
-one optimization profile whose min/opt/max come from the manifest's named dynamic axes
-(:func:`optimization_profile`: a bundle's axes bounded by
-:func:`edgegate.runtimes.backends.executorch.axis_bounds`, the same bounds the ExecuTorch
-exporter plans memory for; ``batch`` is 1 for the once-per-utterance subgraphs and ``kv_batch``
-always 1). ``precision="fp16"`` (the Jetson profiles) sets ``BuilderFlag.FP16``; inputs and
-outputs stay float32 / int64 as in the ONNX graphs. Engines are not portable across GPUs or
-TensorRT versions, so they live in ``<bundle>/engines/<gpu>-sm<major><minor>-trt<version>/``
-(:func:`cache_key`; ``options["engine_cache"]`` or ``$EDGEGATE_ENGINE_CACHE`` moves the root,
-e.g. for a read-only bundle), and each file name carries the ONNX file's SHA-256, the precision
-and a digest of its profile, so a re-exported bundle or other bounds never reuse a stale engine.
+one optimization profile (TensorRT's name; here: the input's shape ranges) whose min/opt/max
+come from the graphs' named dynamic axes (:func:`shape_ranges`: the axes bounded by
+:func:`edgegate.runtimes.schema.axis_bounds`, the same bounds the ExecuTorch exporter plans
+memory for; ``batch`` is 1 for the once-per-window graphs and ``kv_batch`` always 1).
+``precision="fp16"`` (the Jetson profiles) sets ``BuilderFlag.FP16``; inputs and outputs stay
+float32 / int64 as in the ONNX graphs. Engines are not portable across GPUs or TensorRT versions,
+so they live in ``<bundle>/engines/<gpu>-sm<major><minor>-trt<version>/`` (:func:`cache_key`;
+``options["engine_cache"]`` or ``$EDGEGATE_ENGINE_CACHE`` moves the root, e.g. for a read-only
+bundle), and each file name carries the ONNX file's SHA-256, the precision and a digest of its
+shape ranges, so a re-exported bundle or other bounds never reuse a stale engine.
 ``edgegate build-engines BUNDLE`` builds them ahead of time; otherwise :meth:`prepare` builds the
 missing ones when the session loads (minutes on a Jetson, once).
 
 Running. One CUDA stream per backend; each module owns device buffers that grow to the largest
 shape seen; ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``, then the outputs
 are copied to fresh numpy arrays (the caller may keep them). A zero-length axis (the empty K/V
-cache of the first decoding step) is allowed by the profiles (``past`` min 0); such tensors get
+cache of the first decoding step) is allowed by the ranges (``past`` min 0); such tensors get
 a small non-null device buffer.
 """
 
@@ -45,12 +45,7 @@ import numpy as np
 
 from edgegate.errors import BackendError
 from edgegate.runtimes.backends.base import Backend, Module
-from edgegate.runtimes.backends.executorch import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_STEP_TOKENS,
-    axis_bounds,
-    fixed_axis,
-)
+from edgegate.runtimes.schema import DEFAULT_MAX_BATCH, DEFAULT_MAX_STEP_TOKENS, GraphSpec, TensorSpec, fixed_axis
 
 NOT_INSTALLED = "TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU and CUDA)"
 CUDA_NOT_INSTALLED = "cuda-python is not installed: pip install cuda-python (TensorRT's device buffers and stream)"
@@ -60,7 +55,8 @@ TIMING_CACHE_FILE = "timing.cache"
 DEFAULT_WORKSPACE_MB = 1024
 
 Shape = tuple[int, ...]
-Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
+# TensorRT calls an input's (min, opt, max) shapes an "optimization profile"; here they are shape ranges.
+ShapeRanges = dict[str, tuple[Shape, Shape, Shape]]
 
 
 # -- cache layout (pure functions: tested without TensorRT) ---------------------------------------
@@ -86,29 +82,29 @@ def engine_dir(bundle_dir: str | Path, key: str, cache: str | Path | None = None
     return engine_root(bundle_dir, cache) / key
 
 
-def profile_digest(profile: Profile) -> str:
-    text = json.dumps({k: [list(s) for s in v] for k, v in sorted(profile.items())}, sort_keys=True)
+def ranges_digest(ranges: ShapeRanges) -> str:
+    text = json.dumps({k: [list(s) for s in v] for k, v in sorted(ranges.items())}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def engine_filename(onnx_file: str, sha256: str, precision: str, profile: Profile) -> str:
-    """``<graph>.<precision>.<sha256[:12]>.<profile digest>.engine`` (stale engines never match)."""
+def engine_filename(onnx_file: str, sha256: str, precision: str, ranges: ShapeRanges) -> str:
+    """``<graph>.<precision>.<sha256[:12]>.<shape ranges digest>.engine`` (stale engines never match)."""
     stem = Path(onnx_file).name
     stem = stem[: -len(".onnx")] if stem.endswith(".onnx") else stem
-    return f"{stem}.{precision}.{sha256[:12]}.{profile_digest(profile)}.engine"
+    return f"{stem}.{precision}.{sha256[:12]}.{ranges_digest(ranges)}.engine"
 
 
-def optimization_profile(inputs: Sequence[Mapping[str, Any]], stage: str,
-                         bounds: Mapping[str, tuple[int, int, int]]) -> Profile:
-    """(min, opt, max) shape per input from a manifest signature with named dynamic axes."""
-    out: Profile = {}
+def shape_ranges(inputs: Sequence[TensorSpec], stage: str,
+                 bounds: Mapping[str, tuple[int, int, int]]) -> ShapeRanges:
+    """(min, opt, max) shape per input from a graph signature with named dynamic axes."""
+    out: ShapeRanges = {}
     for spec in inputs:
         lo, opt, hi = [], [], []
-        for axis in spec["shape"]:
+        for axis in spec.shape:
             size = fixed_axis(axis, stage)
             if size is None:
                 if axis not in bounds:
-                    raise BackendError(f"input {spec['name']}: no bounds for dynamic axis {axis!r}; "
+                    raise BackendError(f"input {spec.name}: no bounds for dynamic axis {axis!r}; "
                                        "re-export the bundle with this edgegate")
                 a, b, c = bounds[axis]
             else:
@@ -116,50 +112,34 @@ def optimization_profile(inputs: Sequence[Mapping[str, Any]], stage: str,
             lo.append(int(a))
             opt.append(int(b))
             hi.append(int(c))
-        out[spec["name"]] = (tuple(lo), tuple(opt), tuple(hi))
+        out[spec.name] = (tuple(lo), tuple(opt), tuple(hi))
     return out
 
 
 @dataclass
 class EngineJob:
-    """One engine to build: the ONNX file, its hash, signature and optimization profile."""
+    """One engine to build: the ONNX file, its hash, signature and shape ranges."""
 
     name: str
     file: str
     sha256: str
     stage: str
-    inputs: list[dict[str, Any]]
+    inputs: list[TensorSpec]
     outputs: list[str]
-    profile: Profile = field(default_factory=dict)
+    shapes: ShapeRanges = field(default_factory=dict)
 
     def filename(self, precision: str) -> str:
-        return engine_filename(self.file, self.sha256, precision, self.profile)
+        return engine_filename(self.file, self.sha256, precision, self.shapes)
 
 
-def engine_jobs(manifest: Mapping[str, Any], max_batch: int = DEFAULT_MAX_BATCH,
-                max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS) -> list[EngineJob]:
-    """Every ONNX graph of a bundle (modules, adapters, predictor) with its optimization profile."""
-    if manifest.get("module_format", "onnx") != "onnx":
+def engine_jobs(graphs: Sequence[GraphSpec], module_format: str, bounds: Mapping[str, tuple[int, int, int]]
+                ) -> list[EngineJob]:
+    """Every ONNX graph of a bundle (modules, adapters, predictor: the reader's specs) with its shape ranges."""
+    if module_format != "onnx":
         raise BackendError(f"TensorRT builds engines from ONNX subgraphs; this bundle holds "
-                           f"{manifest.get('module_format')} files: export it for a cpu or jetson target")
-    bounds = axis_bounds(manifest["model"]["dims"], max_batch=max_batch, max_step_tokens=max_step_tokens)
-    files = manifest["files"]
-    jobs: list[EngineJob] = []
-
-    def add(name: str, file: str, stage: str, inputs: list, outputs: list) -> None:
-        sha = files.get(file, {}).get("sha256") or ""
-        jobs.append(EngineJob(name, file, sha, stage, list(inputs), [o["name"] for o in outputs],
-                              optimization_profile(inputs, stage, bounds)))
-
-    for m in manifest["modules"]:
-        add(m["name"], m["file"], m["stage"], m["inputs"], m["outputs"])
-        a = m.get("adapter")
-        if a:
-            add(f"{m['name']}.adapter", a["file"], m["stage"], a["inputs"], a["outputs"])
-    p = manifest.get("predictor")
-    if p:
-        add("predictor", p["file"], "predictor", p["inputs"], p["outputs"])
-    return jobs
+                           f"{module_format} files: export it for a cpu or jetson target")
+    return [EngineJob(g.name, g.file, g.sha256, g.stage, list(g.inputs), [o.name for o in g.outputs],
+                      shape_ranges(g.inputs, g.stage, bounds)) for g in graphs]
 
 
 # -- library loading ----------------------------------------------------------------------------
@@ -344,8 +324,8 @@ class TensorRTBackend(Backend):
     def cache_dir(self, bundle_dir: str | Path) -> Path:
         return engine_dir(bundle_dir, self.key, self.options.get("engine_cache"))
 
-    def build_engine(self, onnx_path: Path, profile: Profile, timing_cache: Any = None) -> bytes:
-        """Parse one ONNX graph and build a serialized engine with one optimization profile.
+    def build_engine(self, onnx_path: Path, ranges: ShapeRanges, timing_cache: Any = None) -> bytes:
+        """Parse one ONNX graph and build a serialized engine with one optimization profile (``ranges``).
 
         ``timing_cache`` (an ``ITimingCache``) is shared across the graphs of a bundle: the 6-32
         identical blocks of a Whisper then reuse the kernel timings of the first one.
@@ -369,10 +349,10 @@ class TensorRTBackend(Backend):
         prof = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             name = network.get_input(i).name
-            if name not in profile:
+            if name not in ranges:
                 raise BackendError(f"{onnx_path.name}: input {name!r} is not in the manifest's signature; "
                                    "re-export the bundle")
-            lo, opt, hi = profile[name]
+            lo, opt, hi = ranges[name]
             prof.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(prof)
         serialized = builder.build_serialized_network(network, config)
@@ -381,24 +361,30 @@ class TensorRTBackend(Backend):
                                "options={'verbose': True} for TensorRT's log)")
         return bytes(serialized)
 
-    def build_engines(self, bundle_dir: str | Path, force: bool = False, progress: bool = False,
+    def build_engines(self, bundle: Any, force: bool = False, progress: bool = False,
                       log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-        """Build (or reuse) every engine of a bundle; returns one record per engine."""
-        bundle_dir = Path(bundle_dir)
-        manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
-        jobs = engine_jobs(manifest, self.max_batch, self.max_step_tokens)
+        """Build (or reuse) every engine of a bundle (a directory, read and verified here, or a ``Bundle``)."""
+        from edgegate.runtimes.bundle import Bundle
+
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.open(bundle)
+        return self._build(bundle.path, bundle.graphs(), bundle.module_format,
+                           bundle.axis_bounds(self.max_batch, self.max_step_tokens), force, progress, log)
+
+    def _build(self, bundle_dir: Path, graphs: Sequence[GraphSpec], module_format: str,
+               bounds: Mapping[str, tuple[int, int, int]], force: bool, progress: bool,
+               log: Callable[[str], None] | None) -> list[dict[str, Any]]:
+        jobs = engine_jobs(graphs, module_format, bounds)
         out_dir = self.cache_dir(bundle_dir)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create the engine cache {out_dir} ({exc.strerror}); pass "
                                "options={'engine_cache': DIR} or set EDGEGATE_ENGINE_CACHE") from None
-        try:
-            from tqdm import tqdm
-        except ImportError:  # pragma: no cover - tqdm is a core dependency
-            tqdm = None
+        from tqdm import tqdm
+
         bar = tqdm(total=len(jobs), desc=f"tensorrt engines ({self.precision})", unit="engine", file=sys.stderr,
-                   disable=not progress) if tqdm else None
+                   disable=not progress)
         records = []
         timing = None  # created on the first build, from the cache directory's timing.cache if any
         for job in jobs:
@@ -406,12 +392,11 @@ class TensorRTBackend(Backend):
             onnx_path = (bundle_dir / job.file).resolve()
             status, seconds = "reused", 0.0
             if force or not target.is_file():
-                if bar:
-                    bar.set_postfix_str(job.name)
+                bar.set_postfix_str(job.name)
                 t0 = time.perf_counter()
                 if timing is None:
                     timing = self._timing_cache(out_dir / TIMING_CACHE_FILE)
-                blob = self.build_engine(onnx_path, job.profile, timing)
+                blob = self.build_engine(onnx_path, job.shapes, timing)
                 tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
                 tmp.write_bytes(blob)
                 os.replace(tmp, target)
@@ -419,11 +404,9 @@ class TensorRTBackend(Backend):
             self._engines[onnx_path] = (target, job)
             records.append({"name": job.name, "onnx": job.file, "engine": target.name, "status": status,
                             "seconds": round(seconds, 2), "bytes": target.stat().st_size,
-                            "profile": {k: [list(s) for s in v] for k, v in job.profile.items()}})
-            if bar:
-                bar.update(1)
-        if bar:
-            bar.close()
+                            "shapes": {k: [list(s) for s in v] for k, v in job.shapes.items()}})
+            bar.update(1)
+        bar.close()
         if timing is not None:
             try:
                 (out_dir / TIMING_CACHE_FILE).write_bytes(bytes(timing.serialize()))
@@ -445,9 +428,11 @@ class TensorRTBackend(Backend):
         except Exception:  # an old or foreign cache: build without one
             return None
 
-    def prepare(self, bundle_dir: Path, modules: Sequence[Any]) -> None:
-        self.build_engines(bundle_dir, force=bool(self.options.get("force")),
-                           progress=bool(self.options.get("progress", True)))
+    def prepare(self, bundle_dir: Path, graphs: Sequence[GraphSpec], axes: Mapping[str, tuple[int, int, int]]
+                ) -> None:
+        # ``axes`` are bounded by this backend's max_batch / max_step_tokens (Session.load asks for them).
+        self._build(Path(bundle_dir), graphs, "onnx", axes, bool(self.options.get("force")),
+                    bool(self.options.get("progress", True)), None)
 
     def load(self, path: Path, name: str = "", method: str | None = None) -> Module:
         if method is not None:
@@ -478,4 +463,4 @@ class TensorRTBackend(Backend):
 
 
 __all__ = ["TensorRTBackend", "TensorRTModule", "EngineJob", "cache_key", "engine_dir", "engine_root",
-           "engine_filename", "engine_jobs", "optimization_profile", "profile_digest", "NOT_INSTALLED"]
+           "engine_filename", "engine_jobs", "shape_ranges", "ranges_digest", "NOT_INSTALLED"]

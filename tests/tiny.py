@@ -1,4 +1,4 @@
-"""A tiny random Whisper (and gate predictor) for tests, demos and CI: same code paths as the real
+"""A tiny random Whisper (and gate predictor) for the tests: same code paths as the real
 model, ~3.5 M parameters (mostly the 51865-token embedding, kept so the real tokenizer works).
 """
 
@@ -14,12 +14,15 @@ TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, 
 TINY_ADAPTERS = ("encoder.1.attn", "decoder.0.self_attn", "decoder.1.cross_attn", "decoder.1.mlp")
 
 
-def tiny_whisper(seed: int = 0, adapters: tuple[str, ...] = TINY_ADAPTERS) -> Whisper:
-    """Random tiny Whisper; ``adapters`` get skip adapters with non-zero (random) output weights."""
+def tiny_whisper(seed: int = 0, adapters: tuple[str, ...] = TINY_ADAPTERS, **dims: int) -> Whisper:
+    """Random tiny Whisper; ``adapters`` get skip adapters with non-zero (random) output weights.
+
+    ``dims`` override :data:`TINY_DIMS` (e.g. a narrower model where only the files' layout matters).
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Whisper(ModelDims(**TINY_DIMS))
+        model = Whisper(ModelDims(**{**TINY_DIMS, **dims}))
         if adapters:
             model.add_skip_adapters(rank=8, names=list(adapters))
             for a in model.skip_adapters.values():

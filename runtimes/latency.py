@@ -1,9 +1,10 @@
-"""Measured per-module cost of a bundle on this device: the table ``edgegate profile`` writes as ``costs.ms``.
+"""The latency table of a bundle on this device: what ``edgegate profile`` measures and writes as ``costs.ms``.
 
 FLOPs are a poor proxy for time where small matrix-vector products are memory-bound: on a CPU a
 decoding step runs at a few GFLOP/s while the encoder runs at ~100, so a budget planned in FLOPs
 saves much less time than it promises. A budget with ``cost_unit="ms"`` plans with this table
-instead (:meth:`edgegate.runtimes.session.Session.costs`).
+instead (:meth:`edgegate.runtimes.session.Session.costs`). (A *profile* in edgegate is a device
+profile; this is the bundle's *latency table*.)
 
 What is timed, per gate, is the work skipping that gate removes from one utterance:
 
@@ -17,7 +18,9 @@ What is timed, per gate, is the work skipping that gate removes from one utteran
 Modules run in execution order, a whole encoder pass or decoder step at a time, so each module
 finds the caches as real decoding leaves them (its weights evicted by the other modules'), not
 warm from a repeat of itself. The always-on parts (stem, final norm, embedding, logits) are timed
-the same way and kept apart. Torch-free: numpy and the session's backend only.
+the same way and kept apart. The modules run from the bundle's own runner list
+(:func:`edgegate.runtimes.execution.runner_list`), so any model family's bundle is measured the
+same way. Torch-free: numpy and the session's backend only.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -37,8 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgegate.errors import BundleError, EdgegateError
-from edgegate.models.costs import always_on_costs, module_costs
+from edgegate.cost_model import CostTerms, evaluate
+from edgegate.errors import EdgegateError
+from edgegate.files import write_text_atomic
+from edgegate.runtimes.execution import Runner, RunnerList
+from edgegate.runtimes.schema import STAGES
 
 if TYPE_CHECKING:
     from edgegate.runtimes.session import Session
@@ -48,7 +53,7 @@ MAX_STEPS_PER_REPEAT = 16
 
 
 @dataclass
-class BundleProfile:
+class LatencyTable:
     """Milliseconds per utterance at ``meta["frames"]`` encoder positions and ``meta["tokens"]`` steps."""
 
     gates: dict[str, float]  # gate name -> ms its skipping removes
@@ -57,7 +62,7 @@ class BundleProfile:
     meta: dict[str, Any]
 
     def to_costs(self) -> dict[str, Any]:
-        """The keys this profile adds to a manifest's ``costs``."""
+        """The keys this table adds to a manifest's ``costs``."""
         def r(d: dict[str, float]) -> dict[str, float]:
             return {k: round(v, 4) for k, v in d.items()}  # 0.1 us: far below timing noise
 
@@ -85,66 +90,63 @@ def _check_int(value: Any, what: str, low: int, high: int | None = None) -> int:
     return int(value)
 
 
-def profile_bundle(session: Session, n_frames: int = 1500, n_tokens: int = 32, repeats: int = 5,
-                   progress: bool = True) -> BundleProfile:
-    """Time every module of ``session``'s bundle; the medians of ``repeats`` passes after one warm-up.
+class _Timer:
+    """Runs runners over an environment and keeps the time of every graph call (when recording)."""
 
-    ``n_frames``: encoder positions (1500 = a full 30-s window); ``n_tokens``: decoder steps per
-    utterance. Returns ms per gate (:attr:`BundleProfile.gates`, what :meth:`Session.costs` plans
-    with) and per always-on module, separately.
-    """
-    dims = session.dims
-    n_frames = _check_int(n_frames, "frames (encoder positions)", 1, int(dims["n_audio_ctx"]))
-    n_tokens = _check_int(n_tokens, "tokens (decoder steps)", 1, int(dims["n_text_ctx"]))
-    repeats = _check_int(repeats, "repeats", 1)
-    mods, adapters = session.modules, session.adapters
-    names = {m.name for m in session.bundle.modules}
-    rng = np.random.default_rng(0)
+    def __init__(self, adapters: Mapping[str, Any]):
+        self.adapters = adapters
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self.record = False
+
+    def run(self, r: Runner, env: dict[str, np.ndarray]) -> None:
+        feed = r.feed(env)
+        t0 = time.perf_counter()
+        outs = r.module.run(feed)
+        if self.record:
+            self.samples[r.name].append(time.perf_counter() - t0)
+        spec = r.spec
+        if spec is not None and spec.adapter_graph is not None and spec.gate in self.adapters:
+            a = spec.adapter_graph  # what replaces the module when skipped, on the module's own input
+            t0 = time.perf_counter()
+            self.adapters[spec.gate].run({t.name: env[t.value] for t in a.inputs})
+            if self.record:
+                self.samples[a.name].append(time.perf_counter() - t0)
+        for t, array in zip(r.outputs, outs, strict=True):
+            env[t.value] = array
+
+
+def _random_inputs(session: Session, runners: RunnerList, n_frames: int, past: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """A random mel of ``n_frames`` encoder positions, caches of ``past`` positions, one token."""
+    limits = session.limits
+    sizes = {"batch": 1, "kv_batch": 1, "tokens": 1, "past": past, "frames": n_frames,
+             "mel_frames": limits.mel_frames_per_position * n_frames}
 
     def normal(*shape: int) -> np.ndarray:
         return (0.5 * rng.standard_normal(shape)).astype(np.float32)
 
-    n_audio, n_text = dims["n_audio_layer"], dims["n_text_layer"]
-    heads, head_dim = dims["n_text_head"], dims["n_text_state"] // dims["n_text_head"]
+    mel = normal(1, limits.n_mels, limits.mel_frames_per_position * n_frames)
+    state = {s.value: normal(*[a if isinstance(a, int) else sizes[a] for a in s.spec.shape]) for s in runners.state}
+    token = np.array([[int(rng.integers(0, limits.n_vocab))]], dtype=np.int64)
+    return mel, state, token
+
+
+def measure_latency(session: Session, n_frames: int = 1500, n_tokens: int = 32, repeats: int = 5,
+                    progress: bool = True) -> LatencyTable:
+    """Time every module of ``session``'s bundle; the medians of ``repeats`` passes after one warm-up.
+
+    ``n_frames``: encoder positions (1500 = a full 30-s window); ``n_tokens``: decoder steps per
+    utterance. Returns ms per gate (:attr:`LatencyTable.gates`, what :meth:`Session.costs` plans
+    with) and per always-on module, separately.
+    """
+    limits = session.limits
+    n_frames = _check_int(n_frames, "frames (encoder positions)", 1, limits.encoder_positions)
+    n_tokens = _check_int(n_tokens, "tokens (decoder steps)", 1, limits.text_positions)
+    repeats = _check_int(repeats, "repeats", 1)
+    runners = session.runner_list(np.ones(len(session.gate_names), dtype=bool))
     past = n_tokens // 2
-    mel = normal(1, dims["n_mels"], 2 * n_frames)
-    caches = [(normal(1, heads, past, head_dim), normal(1, heads, past, head_dim)) for _ in range(n_text)]
-    token = np.array([[int(rng.integers(0, dims["n_vocab"]))]], dtype=np.int64)
-    position = np.array([past], dtype=np.int64)
-    samples: dict[str, list[float]] = defaultdict(list)
-    record = True
-
-    def run(name: str, feed: dict[str, np.ndarray], module: Any = None) -> list[np.ndarray]:
-        m = module if module is not None else mods[name]
-        t0 = time.perf_counter()
-        out = m.run(feed)
-        if record:
-            samples[name].append(time.perf_counter() - t0)
-        return out
-
-    def residual(gate: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        out = run(gate, feed)
-        if gate in adapters:
-            run(f"{gate}.adapter", {"x": feed["x"]}, adapters[gate])
-        return out
-
-    def encoder_pass() -> list[tuple[np.ndarray, np.ndarray]]:
-        x = run("encoder.stem", {"mel": mel})[0]
-        for i in range(n_audio):
-            for kind in ("attn", "mlp"):
-                x = residual(f"encoder.{i}.{kind}", {"x": x})[0]
-        xa = run("encoder.ln_post", {"x": x})[0]
-        return [tuple(run(f"decoder.{i}.cross_kv", {"xa": xa})) for i in range(n_text)]
-
-    def decoder_step(cross: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        x = run("decoder.embed", {"tokens": token, "positions": position})[0]
-        for i in range(n_text):
-            k, v = caches[i]
-            x = residual(f"decoder.{i}.self_attn", {"x": x, "k_cache": k, "v_cache": v})[0]
-            x = residual(f"decoder.{i}.cross_attn", {"x": x, "k": cross[i][0], "v": cross[i][1]})[0]
-            x = residual(f"decoder.{i}.mlp", {"x": x})[0]
-        run("decoder.logits", {"x": x})
-
+    mel, state, token = _random_inputs(session, runners, n_frames, past, np.random.default_rng(0))
+    timer = _Timer(session.adapters)
     steps = min(n_tokens, MAX_STEPS_PER_REPEAT)
     bar = None
     if progress:
@@ -154,36 +156,41 @@ def profile_bundle(session: Session, n_frames: int = 1500, n_tokens: int = 32, r
                    dynamic_ncols=True, leave=False)
     try:
         for r in range(repeats + 1):
-            record = r > 0  # the first pass warms up: allocations, page-ins, kernel selection
-            cross = encoder_pass()
+            timer.record = r > 0  # the first pass warms up: allocations, page-ins, kernel selection
+            window = {"mel": mel}
+            for runner in runners.per_window:
+                timer.run(runner, window)
             if bar:
                 bar.update(1)
             for _ in range(steps):
-                decoder_step(cross)
+                env = {**window, **state, "tokens": token, "positions": np.array([past], dtype=np.int64)}
+                for runner in runners.per_step:
+                    timer.run(runner, env)
                 if bar:
                     bar.update(1)
     finally:
         if bar:
             bar.close()
+    ms = {name: 1e3 * float(np.median(s)) for name, s in timer.samples.items()}
+    return _table(session, ms, n_frames, n_tokens, past, repeats, steps)
 
-    unknown = sorted(names - samples.keys())
-    if unknown:
-        raise BundleError(f"{session.bundle.path}: edgegate profile does not know how to run module(s) "
-                          f"{', '.join(unknown)}; profile with the edgegate that exported the bundle")
-    ms = {name: 1e3 * float(np.median(s)) for name, s in samples.items()}
 
+def _table(session: Session, ms: dict[str, float], n_frames: int, n_tokens: int, past: int, repeats: int,
+           steps: int) -> LatencyTable:
+    """Per gate: what skipping it removes from one utterance (decoder modules: per step x tokens)."""
+    adapters = session.adapters
     gates = {g: 0.0 for g in session.gate_names}
     always: dict[str, float] = {}
     per_step: dict[str, float] = {}
     for spec in session.bundle.modules:
         t = ms[spec.name]
-        if spec.gate is not None and spec.gate in adapters and spec.stage != "cross_kv":
+        if spec.adapter_graph is not None and spec.gate in adapters:
             # What skipping saves is the module minus the adapter that replaces it (never below 0).
-            t = max(t - ms[f"{spec.gate}.adapter"], 0.0)
-        if spec.stage == "decoder_step":
+            t = max(t - ms[spec.adapter_graph.name], 0.0)
+        if STAGES[spec.stage] == "per_step":
             per_step[spec.gate or spec.name] = t
             t *= n_tokens
-        if spec.gate is None:
+        if spec.gate is None:  # always on, or a merge of several gates (saved only when all are skipped)
             always[spec.name] = t
         else:
             gates[spec.gate] += t
@@ -193,26 +200,23 @@ def profile_bundle(session: Session, n_frames: int = 1500, n_tokens: int = 32, r
         "steps_per_repeat": steps, "statistic": "median",
         "backend": backend.name, "backend_detail": backend.describe(), "threads": getattr(backend, "threads", None),
         "machine": _machine(), "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "adapter_ms": {g: round(ms[f"{g}.adapter"], 4) for g in session.gate_names if g in adapters},
+        "adapter_ms": {s.gate: round(ms[s.adapter_graph.name], 4) for s in session.bundle.modules
+                       if s.adapter_graph is not None and s.gate in adapters},
         "note": "ms per utterance that skipping each gate removes (decoder: per step x tokens, cross-attention "
                 "+ its K/V projection; adapter gates net of the adapter); written by edgegate profile",
     }
-    return BundleProfile(gates, always, per_step, meta)
-
-
-def _flops(table: Mapping[str, Any]) -> dict[str, float]:
-    return {k: c.flops for k, c in table.items()}
+    return LatencyTable(gates, always, per_step, meta)
 
 
 def _ratio(num: float | None, den: float | None) -> float:
     return num / den if num is not None and den else 1.0
 
 
-def measured_ms(costs: Mapping[str, Any], dims: Any, n_frames: int, n_tokens: int,
+def measured_ms(costs: Mapping[str, Any], terms: Mapping[str, CostTerms], n_frames: int, n_tokens: int,
                 always_on: bool = False) -> dict[str, float]:
     """The manifest's measured ms (``costs.ms``, or ``costs.ms_always_on``) at another utterance shape.
 
-    The profile holds one shape (``ms_meta`` frames and tokens). An utterance with fewer encoder
+    The table holds one shape (``ms_meta`` frames and tokens). An utterance with fewer encoder
     positions (a trimmed ``audio_ctx``) or more tokens shifts the encoder/decoder balance a lot,
     so each measured part is scaled by the FLOP ratio of that part: the once-per-utterance part
     (encoder module, cross-attention K/V) by its FLOPs at ``n_frames``, the per-step part by the
@@ -226,9 +230,8 @@ def measured_ms(costs: Mapping[str, Any], dims: Any, n_frames: int, n_tokens: in
     if not per_step or not f0 or not t0:
         return {k: float(v) for k, v in table.items()}
     n_tokens = max(int(n_tokens), 1)
-    fn = always_on_costs if always_on else module_costs
-    at0, once0 = _flops(fn(dims, f0, t0)), _flops(fn(dims, f0, 0))
-    at, once = _flops(fn(dims, n_frames, n_tokens)), _flops(fn(dims, n_frames, 0))
+    at0, once0 = evaluate(terms, f0, t0), evaluate(terms, f0, 0)
+    at, once = evaluate(terms, n_frames, n_tokens), evaluate(terms, n_frames, 0)
     out = {}
     for k, v in table.items():
         step = float(per_step.get(k, 0.0))
@@ -241,8 +244,8 @@ def measured_ms(costs: Mapping[str, Any], dims: Any, n_frames: int, n_tokens: in
     return out
 
 
-def write_profile(bundle_dir: str | Path, profile: BundleProfile) -> Path:
-    """Add ``profile`` to the bundle's manifest ``costs``, atomically (temp file, then a rename).
+def write_latency_table(bundle_dir: str | Path, table: LatencyTable) -> Path:
+    """Add ``table`` to the bundle's manifest ``costs``, atomically (temp file, then a rename).
 
     Only manifest.json changes; it is not among the hashed files, so every file hash stays valid.
     """
@@ -250,27 +253,19 @@ def write_profile(bundle_dir: str | Path, profile: BundleProfile) -> Path:
 
     path = Path(bundle_dir)
     manifest = read_manifest(path)  # re-read: keep whatever else is on disk now
-    manifest["costs"].update(profile.to_costs())
+    manifest["costs"].update(table.to_costs())
     target = path / MANIFEST
-    mode = target.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes it 0600
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(target, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
+                             target.stat().st_mode & 0o777)
 
 
-def format_table(profile: BundleProfile, dims: Any, order: Iterable[str] | None = None) -> str:
-    """Module, ms, share of the utterance's total ms, GFLOPs and achieved GFLOP/s, gates then always-on."""
+def format_latency_table(profile: LatencyTable, terms: Mapping[str, CostTerms],
+                         order: Iterable[str] | None = None) -> str:
+    """Module, ms, share of the utterance's total ms, GFLOPs and achieved GFLOP/s, gates then always-on.
+
+    ``terms``: the bundle's cost terms of gates and always-on modules (FLOPs at the measured shape)."""
     f, t = profile.meta["frames"], profile.meta["tokens"]
-    flops = {**_flops(module_costs(dims, f, t)), **_flops(always_on_costs(dims, f, t))}
+    flops = evaluate(terms, f, t)
     total = sum(profile.gates.values()) + sum(profile.always_on.values())
     rows = [("module", "ms", "share", "GFLOPs", "GFLOP/s")]
 

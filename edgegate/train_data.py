@@ -1,0 +1,131 @@
+"""Gate-training data: per utterance its trimmed mel, context, planning costs and the dense teacher's
+tokens (the distillation labels, cached on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgegate.models.costs import flop_costs
+from edgegate.models.whisper import Whisper
+from edgegate.pipeline import MelFeatures
+from edgegate.plan import Planner
+from edgegate.train_config import TrainConfig, TrainingError
+
+
+@dataclass
+class Example:
+    mel: torch.Tensor  # (n_mels, frames): the trimmed encoder input
+    stats: torch.Tensor  # (2 * n_mels,)
+    lang: str
+    task: str
+    prompt: list[int]
+    tokens: list[int]  # the dense teacher's greedy tokens
+    finished: bool  # the teacher emitted <|endoftext|> within max_tokens
+    costs: torch.Tensor  # (L,) planning FLOPs
+    eot: int
+    audio: str = ""
+
+
+def _model_fingerprint(model: Whisper) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if "skip_adapters" in k:
+            continue
+        h.update(k.encode())
+        h.update(v.detach().flatten()[:64].float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def teacher_tokens(model: Whisper, tokenizer, mel: torch.Tensor, lang: str, task: str,
+                   max_tokens: int) -> tuple[list[int], bool]:
+    """The dense model's greedy tokens for one trimmed mel (the distillation labels)."""
+    from edgegate.decoding import decode
+    from edgegate.transcriber import TorchDecoderState
+
+    gates = model.split_gates(None)
+    with torch.inference_mode():
+        xa = model.embed_audio(mel[None], gates)
+        cross = model.cross_kv(xa, gates)
+    res = decode(lambda: TorchDecoderState(model, cross, gates), tokenizer, model.dims.n_vocab, lang, task,
+                 1, max_tokens=max_tokens)
+    return res.tokens, len(res.tokens) < max_tokens
+
+
+def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_path: Path | None,
+                  rank: int = 0, world: int = 1, progress: bool = False) -> list[Example]:
+    """Features and teacher labels for every manifest entry (labels cached in ``cache_path``)."""
+    from edgegate.audio import load_audio
+
+    fp = _model_fingerprint(model)
+    cache: dict[str, list] = {}
+    if cache_path is not None and cache_path.exists():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except json.JSONDecodeError:
+            cache = {}
+    examples: list[Example | None] = [None] * len(entries)
+    todo: list[int] = []
+    keys: list[str] = []
+    feats = []
+    planner = Planner(model.gate_names, flop_costs(model.dims))
+    for i, e in enumerate(entries):
+        samples = load_audio(e.audio)[: 30 * 16000]
+        features = MelFeatures.of(samples, model.dims.n_mels)
+        request = features.request
+        frames = planner.fixed(None, request, cfg.audio_ctx).encoder_frames
+        mel = torch.from_numpy(np.ascontiguousarray(features.mel[:, :frames]))
+        costs = planner.planning_costs(request, cfg.audio_ctx)
+        key = f"{fp}|{cfg.audio_ctx}|{cfg.max_tokens}|{e.lang}|{e.task}|{e.audio}"
+        keys.append(key)
+        feats.append((mel, torch.from_numpy(request.stats), torch.from_numpy(costs).float()))
+        if key not in cache:
+            todo.append(i)
+    # Teacher labels: each rank labels its share; the shares are exchanged when running DDP.
+    mine = todo[rank::world]
+    labelled: dict[str, list] = {}
+    it = mine
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(mine, desc="teacher labels", unit="utt", dynamic_ncols=True)
+    for i in it:
+        e = entries[i]
+        toks, finished = teacher_tokens(model, tokenizer, feats[i][0], e.lang, e.task, cfg.max_tokens)
+        labelled[keys[i]] = [toks, finished]
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, labelled)
+        for g in gathered:
+            labelled.update(g)
+    cache.update(labelled)
+    if cache_path is not None and rank == 0 and labelled:
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_path)
+    for i, e in enumerate(entries):
+        toks, finished = cache[keys[i]]
+        mel, stats, costs = feats[i]
+        examples[i] = Example(mel, stats, e.lang, e.task, tokenizer.sot_sequence(e.lang, e.task), list(toks),
+                              bool(finished), costs, tokenizer.eot, e.audio)
+    return examples  # type: ignore[return-value]
+
+
+def check_entries(entries, tokenizer, manifest: str) -> None:
+    if not entries:
+        raise TrainingError(f"{manifest}: manifest has no entries; add one JSON object per line")
+    codes = set(tokenizer.language_codes)
+    for i, e in enumerate(entries, start=1):
+        if e.lang not in codes:
+            raise TrainingError(f"{manifest}: entry {i} ({Path(e.audio).name}) has unknown language "
+                                f"{e.lang!r}; use a Whisper language code such as en, de, es, fr, it")
+        if e.task == "translate" and e.lang == "en":
+            raise TrainingError(f"{manifest}: entry {i} asks to translate English to English; use transcribe")

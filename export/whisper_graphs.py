@@ -1,0 +1,277 @@
+"""Whisper as module graphs: the wrappers each target exports and the execution plan they form.
+
+Each gateable module becomes one graph computing its whole residual step ``x -> x + f(ln(x))``,
+so skipping a module means not calling its graph. The decoder's self-attention graphs take and
+return their layer's K/V cache, ``(batch, heads, past, head_dim)`` in and
+``(batch, heads, past + t, head_dim)`` out, with the causal mask built inside the graph from the
+two lengths: the same graph serves the prompt step (t = 3..4, past = 0, an empty cache) and every
+later step (t = 1). Cross-attention is split into a once-per-window K/V projection graph and
+a per-step attention graph whose K/V batch may be 1 while the query batch is the beam width
+(MatMul broadcasts), so beam search never copies the audio K/V.
+
+:func:`module_jobs` is the manifest writer for Whisper: module names (from
+:mod:`edgegate.models.whisper_layout`), stages, gates, the values each graph reads and writes
+(``x`` the residual stream, ``xa`` the audio features, ``cross_k.<i>``/``cross_v.<i>`` a layer's
+audio K/V, ``self_k.<i>``/``self_v.<i>`` its cache) and costs. :func:`family_manifest` is the rest
+of what the runtime needs to know about the family (limits, cost terms, frontend). A second
+family (OWSM) is a second file like this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgegate.frontend import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE
+from edgegate.models.costs import always_on_cost_terms, cross_kv_terms, module_cost_terms
+from edgegate.models.whisper import MultiHeadAttention, Whisper
+from edgegate.models.whisper_layout import EMBED, LN_POST, LOGITS, STEM, cross_kv_name, gate_layout
+from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
+from edgegate.runtimes.schema import Limits, TensorSpec
+
+from .graph_job import COST_FRAMES, COST_TOKENS, GraphJob, ModuleJob
+
+
+# -- graph bodies ------------------------------------------------------------------------------
+def attention(attn: MultiHeadAttention, h: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention spelled out so that it exports to plain MatMul/Softmax."""
+    q = attn.split_heads(attn.query(h))
+    w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        w = w.masked_fill(mask.logical_not(), float("-inf"))
+    o = torch.matmul(torch.softmax(w, dim=-1), v)
+    return attn.out(o.transpose(1, 2).flatten(2))
+
+
+class Stem(nn.Module):
+    def __init__(self, model: Whisper):
+        super().__init__()
+        enc = model.encoder
+        self.conv1, self.conv2 = enc.conv1, enc.conv2
+        self.register_buffer("positional_embedding", enc.positional_embedding.clone())
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        return x + self.positional_embedding[: x.shape[1]]
+
+
+class SelfAttention(nn.Module):
+    """Encoder self-attention residual step (no mask)."""
+
+    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm):
+        super().__init__()
+        self.attn, self.ln = attn, ln
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.ln(x)
+        k, v = self.attn.project_kv(h)
+        return x + attention(self.attn, h, k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, mlp: nn.Module, ln: nn.LayerNorm):
+        super().__init__()
+        self.mlp, self.ln = mlp, ln
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(self.ln(x))
+
+
+class CachedSelfAttention(nn.Module):
+    """Decoder self-attention step with its K/V cache and an in-graph causal mask."""
+
+    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm):
+        super().__init__()
+        self.attn, self.ln = attn, ln
+
+    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h = self.ln(x)
+        k_new, v_new = self.attn.project_kv(h)
+        k = torch.cat([k_cache, k_new], dim=2)
+        v = torch.cat([v_cache, v_new], dim=2)
+        t = x.shape[1]
+        total = k.shape[2]
+        query_pos = torch.arange(t, device=x.device) + (total - t)
+        mask = torch.arange(total, device=x.device).unsqueeze(0) <= query_pos.unsqueeze(1)
+        return x + attention(self.attn, h, k, v, mask), k, v
+
+
+class CrossKV(nn.Module):
+    def __init__(self, attn: MultiHeadAttention):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, xa: Tensor) -> tuple[Tensor, Tensor]:
+        return self.attn.project_kv(xa)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm):
+        super().__init__()
+        self.attn, self.ln = attn, ln
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return x + attention(self.attn, self.ln(x), k, v)
+
+
+class LayerNormOnly(nn.Module):
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.ln = ln
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ln(x)
+
+
+class Embed(nn.Module):
+    def __init__(self, model: Whisper):
+        super().__init__()
+        self.token_embedding = model.decoder.token_embedding
+        self.positional_embedding = model.decoder.positional_embedding
+
+    def forward(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        return self.token_embedding(tokens) + self.positional_embedding[positions]
+
+
+class Logits(nn.Module):
+    """Final LayerNorm and output projection of the last position only: (batch, n_vocab)."""
+
+    def __init__(self, model: Whisper):
+        super().__init__()
+        self.ln = model.decoder.ln
+        self.weight = model.decoder.token_embedding.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.matmul(self.ln(x[:, -1]), self.weight.t())
+
+
+class Adapter(nn.Module):
+    def __init__(self, adapter: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.adapter(x)
+
+
+# -- the execution plan --------------------------------------------------------------------------
+def _t(name: str, dtype: str, shape: list[int | str], value: str | None = None) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(shape), value or name)
+
+
+def adapters_of(model: Whisper) -> dict[str, nn.Module]:
+    return {name: model.skip_adapters[name.replace(".", "_")] for name in model.gate_names
+            if name.replace(".", "_") in model.skip_adapters}
+
+
+def _residual(name: str, kind: str, stage: str, layer: int, module: nn.Module, example: tuple,
+              inputs: list[TensorSpec], outputs: list[TensorSpec], flops: float, adapter: nn.Module | None,
+              ) -> ModuleJob:
+    """A gated residual module (and its skip adapter on the residual stream ``x``)."""
+    x = inputs[0]
+    adapter_job = None if adapter is None else GraphJob(f"{name}.adapter", stage, Adapter(adapter), example[:1],
+                                                        (x,), (_t("x_out", x.dtype, list(x.shape), "x"),))
+    return ModuleJob(name, kind, stage, layer, (name,), float(flops),
+                     GraphJob(name, stage, module, example, tuple(inputs), tuple(outputs)), adapter_job)
+
+
+def module_jobs(model: Whisper) -> list[ModuleJob]:
+    """Every module of the bundle in execution order, with its graph, signature, bindings and cost."""
+    d = model.dims
+    da, dt, ht = d.n_audio_state, d.n_text_state, d.n_text_head
+    costs = {k: t.at(COST_FRAMES, COST_TOKENS) for k, (t, _) in module_cost_terms(d).items()}
+    always = {k: t.at(COST_FRAMES, COST_TOKENS) for k, (t, _) in always_on_cost_terms(d).items()}
+    kv_flops = cross_kv_terms(dt).at(COST_FRAMES, COST_TOKENS)
+    adapters = adapters_of(model)
+    T, F2, t, past = 10, 20, 2, 3  # example sizes for tracing (dynamic in the graph)
+    f32, i64 = "float32", "int64"
+    xa_shape: list[int | str] = ["batch", "frames", da]
+    xt_shape: list[int | str] = ["batch", "tokens", dt]
+    kv_shape: list[int | str] = ["kv_batch", ht, "frames", dt // ht]
+    cache_in: list[int | str] = ["batch", ht, "past", dt // ht]
+    cache_out: list[int | str] = ["batch", ht, "total", dt // ht]
+    ex_a, ex_t = torch.randn(1, T, da), torch.randn(1, t, dt)
+    xa_in, xa_out = [_t("x", f32, xa_shape)], [_t("x_out", f32, xa_shape, "x")]
+    xt_in, xt_out = [_t("x", f32, xt_shape)], [_t("x_out", f32, xt_shape, "x")]
+
+    def always_on(name: str, stage: str, module: nn.Module, example: tuple, ins: list, outs: list) -> ModuleJob:
+        return ModuleJob(name, name.split(".")[1], stage, None, (), float(always[name]),
+                         GraphJob(name, stage, module, example, tuple(ins), tuple(outs)))
+
+    layout = gate_layout(d)
+    dec = {(s.layer, s.kind): s.name for s in layout if s.part == "decoder"}
+    jobs = [always_on(STEM, "encoder", Stem(model), (torch.randn(1, d.n_mels, F2),),
+                      [_t("mel", f32, ["batch", d.n_mels, "mel_frames"])], [_t("x", f32, xa_shape)])]
+    for s in (s for s in layout if s.part == "encoder"):
+        block = model.encoder.blocks[s.layer]
+        mod = SelfAttention(block.attn, block.attn_ln) if s.kind == "attn" else MLP(block.mlp, block.mlp_ln)
+        jobs.append(_residual(s.name, s.kind, "encoder", s.layer, mod, (ex_a,), xa_in, xa_out, costs[s.name],
+                              adapters.get(s.name)))
+    jobs.append(always_on(LN_POST, "encoder", LayerNormOnly(model.encoder.ln_post), (ex_a,), xa_in,
+                          [_t("xa", f32, xa_shape)]))
+    for i, block in enumerate(model.decoder.blocks):
+        kv = [_t("k", f32, kv_shape, f"cross_k.{i}"), _t("v", f32, kv_shape, f"cross_v.{i}")]
+        jobs.append(ModuleJob(cross_kv_name(i), "cross_kv", "cross_kv", i, (dec[(i, "cross_attn")],), kv_flops,
+                              GraphJob(cross_kv_name(i), "cross_kv", CrossKV(block.cross_attn),
+                                       (torch.randn(1, T, dt),), (_t("xa", f32, ["kv_batch", "frames", dt]),),
+                                       tuple(kv))))
+    jobs.append(always_on(EMBED, "decoder_step", Embed(model), (torch.zeros(1, t, dtype=torch.long), torch.arange(t)),
+                          [_t("tokens", i64, ["batch", "tokens"]), _t("positions", i64, ["tokens"])],
+                          [_t("x", f32, xt_shape)]))
+    for i, block in enumerate(model.decoder.blocks):
+        ex_cache, ex_kv = torch.randn(1, ht, past, dt // ht), torch.randn(1, ht, T, dt // ht)
+        name = dec[(i, "self_attn")]
+        jobs.append(_residual(
+            name, "self_attn", "decoder_step", i, CachedSelfAttention(block.attn, block.attn_ln),
+            (ex_t, ex_cache, ex_cache.clone()),
+            [*xt_in, _t("k_cache", f32, cache_in, f"self_k.{i}"), _t("v_cache", f32, cache_in, f"self_v.{i}")],
+            [*xt_out, _t("k_cache_out", f32, cache_out, f"self_k.{i}"),
+             _t("v_cache_out", f32, cache_out, f"self_v.{i}")],
+            costs[name], adapters.get(name)))
+        name = dec[(i, "cross_attn")]
+        jobs.append(_residual(name, "cross_attn", "decoder_step", i, CrossAttention(block.cross_attn,
+                                                                                    block.cross_attn_ln),
+                              (ex_t, ex_kv, ex_kv.clone()),
+                              [*xt_in, _t("k", f32, kv_shape, f"cross_k.{i}"), _t("v", f32, kv_shape, f"cross_v.{i}")],
+                              xt_out, costs[name] - kv_flops, adapters.get(name)))
+        name = dec[(i, "mlp")]
+        jobs.append(_residual(name, "mlp", "decoder_step", i, MLP(block.mlp, block.mlp_ln), (ex_t,), xt_in, xt_out,
+                              costs[name], adapters.get(name)))
+    jobs.append(always_on(LOGITS, "decoder_step", Logits(model), (ex_t,), xt_in,
+                          [_t("logits", f32, ["batch", d.n_vocab], LOGITS_VALUE)]))
+    return jobs
+
+
+def family_manifest(model: Whisper, model_name: str) -> dict:
+    """What the runtime needs about a Whisper besides its modules: dims, limits, costs, frontend."""
+    d = model.dims
+    gate_terms, always_terms = module_cost_terms(d), always_on_cost_terms(d)
+    state = [f"self_{kv}.{i}" for i in range(d.n_text_layer) for kv in ("k", "v")]
+    return {
+        "model": {"family": "whisper", "name": model_name, "dims": asdict(d),
+                  "skip_adapters": sorted(adapters_of(model))},
+        "gate_names": list(model.gate_names),
+        "execution": Limits(d.n_mels, d.n_vocab, d.n_audio_ctx, d.n_text_ctx, 2, tuple(state)).to_dict(),
+        "costs": {
+            "unit": "flops", "n_frames": COST_FRAMES, "n_tokens": COST_TOKENS,
+            "note": "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
+                    "positions; the runtime evaluates the terms for the real frame and token counts",
+            "gates": {k: t.at(COST_FRAMES, COST_TOKENS) for k, (t, _) in gate_terms.items()},
+            "gate_param_bytes": {k: 4 * p for k, (_, p) in gate_terms.items()},
+            "always_on": {k: t.at(COST_FRAMES, COST_TOKENS) for k, (t, _) in always_terms.items()},
+            "terms": {"gates": {k: t.to_dict() for k, (t, _) in gate_terms.items()},
+                      "always_on": {k: t.to_dict() for k, (t, _) in always_terms.items()}},
+        },
+        "frontend": {"type": "whisper-log-mel", "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+                     "hop_length": HOP_LENGTH, "n_mels": d.n_mels, "chunk_length": CHUNK_LENGTH,
+                     "n_frames": N_FRAMES},
+        "decoding": {"max_tokens": d.n_text_ctx // 2},
+    }
+
+
+__all__ = ["module_jobs", "family_manifest", "adapters_of", "Stem", "SelfAttention", "MLP", "CachedSelfAttention",
+           "CrossKV", "CrossAttention", "LayerNormOnly", "Embed", "Logits", "Adapter", "attention"]
