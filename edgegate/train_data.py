@@ -3,7 +3,6 @@ tokens (the distillation labels, cached on disk)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from edgegate.models.whisper import Whisper
 from edgegate.pipeline import MelFeatures
 from edgegate.plan import Planner
 from edgegate.train_config import TrainConfig, TrainingError
+from edgegate.weight_delta import model_fingerprint
 
 
 @dataclass
@@ -31,16 +31,6 @@ class Example:
     costs: torch.Tensor  # (L,) planning FLOPs
     eot: int
     audio: str = ""
-
-
-def _model_fingerprint(model: Whisper) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        if "skip_adapters" in k:
-            continue
-        h.update(k.encode())
-        h.update(v.detach().flatten()[:64].float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def teacher_tokens(model: Whisper, tokenizer, mel: torch.Tensor, lang: str, task: str,
@@ -63,7 +53,7 @@ def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_pa
     """Features and teacher labels for every manifest entry (labels cached in ``cache_path``)."""
     from edgegate.audio import load_audio
 
-    fp = _model_fingerprint(model)
+    fp = model_fingerprint(model)
     cache: dict[str, list] = {}
     if cache_path is not None and cache_path.exists():
         try:
