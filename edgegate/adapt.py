@@ -24,7 +24,6 @@ same draws as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 
 from edgegate.errors import EdgegateError
 from edgegate.models.whisper import Whisper
+from edgegate.teacher import Targets, TeacherCache, teacher_targets, window_mel
 from edgegate.train_loop import checkpoint_due, data_parallel
 from edgegate.weight_delta import model_fingerprint
 
@@ -103,72 +103,6 @@ class AdaptConfig:
                 raise AdaptError(f"--{name.replace('_', '-')} must be >= 1: got {getattr(self, name)}")
         if not self.lr > 0 or self.kl_weight < 0:
             raise AdaptError(f"--lr must be > 0 and --kl-weight >= 0: got {self.lr}, {self.kl_weight}")
-
-
-# -- teacher targets ---------------------------------------------------------------------------------
-@dataclass
-class Targets:
-    prompt: list[int]
-    tokens: list[int]  # the teacher's greedy tokens (no <|endoftext|>)
-    finished: bool  # the teacher ended within max_tokens (loops make bad targets)
-    hidden: np.ndarray  # (n_text_layer + 1, len(prompt) + len(tokens), d) float16
-
-
-def window_mel(samples: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
-    """The first 30-s log-mel window, as inference computes it, and how many frames hold audio."""
-    from edgegate.pipeline import mel_windows
-
-    window = next(mel_windows(samples, n_mels))
-    return window.mel, window.n_frames
-
-
-def teacher_targets(model: Whisper, tokenizer, samples: np.ndarray, lang: str, task: str,
-                    max_tokens: int) -> Targets:
-    """The dense full-context model's greedy tokens, then its decoder states teacher-forced on them."""
-    from edgegate.decoding import decode
-    from edgegate.transcriber import TorchDecoderState
-
-    mel, _ = window_mel(samples, model.dims.n_mels)
-    gates = model.split_gates(None)
-    with torch.inference_mode():
-        cross = model.cross_kv(model.embed_audio(torch.from_numpy(mel[None]), gates), gates)
-        res = decode(lambda: TorchDecoderState(model, cross, gates), tokenizer, model.dims.n_vocab, lang, task,
-                     1, max_tokens=max_tokens)
-        prompt = tokenizer.sot_sequence(lang, task)
-        hidden: list[torch.Tensor] = []
-        model.decode(torch.tensor([prompt + res.tokens]), cross, gates, hidden=hidden)
-    states = torch.cat(hidden, 0).to(torch.float16).numpy()
-    return Targets(prompt, res.tokens, len(res.tokens) < max_tokens, states)
-
-
-class TeacherCache:
-    """One ``.npz`` per utterance under ``root``, written atomically; keyed by audio bytes and settings."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def key(self, audio_path: str, lang: str, task: str, max_tokens: int) -> str:
-        h = hashlib.sha256(Path(audio_path).read_bytes())
-        h.update(f"|{lang}|{task}|{max_tokens}".encode())
-        return h.hexdigest()[:24]
-
-    def get(self, key: str) -> Targets | None:
-        path = self.root / f"{key}.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as z:
-            return Targets([int(t) for t in z["prompt"]], [int(t) for t in z["tokens"]], bool(z["finished"]),
-                           z["hidden"])
-
-    def put(self, key: str, t: Targets) -> None:
-        tmp = self.root / f".{key}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, prompt=np.array(t.prompt, np.int32), tokens=np.array(t.tokens, np.int32),
-                 finished=np.array(t.finished), hidden=t.hidden)
-        os.replace(tmp, self.root / f"{key}.npz")
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.root.glob("*.npz"))
 
 
 # -- the student -----------------------------------------------------------------------------------
@@ -361,17 +295,30 @@ def _log(out: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dict:
-    """Run (or resume) an adaptation as ``cfg`` says; returns a summary. Writes ``cfg.out``:
-    ``adaptation.safetensors`` (int8 weight deltas), ``adapt.json``, ``adapt_log.jsonl``, ``checkpoint/``."""
+@dataclass
+class _Run:
+    """What one adaptation run holds between steps."""
+
+    student: Whisper
+    teacher: Whisper
+    tokenizer: object
+    items: list[Item]
+    cache: TeacherCache
+    params: dict[str, torch.nn.Parameter]
+    base: dict[str, torch.Tensor]
+    opt: torch.optim.Optimizer
+    fingerprint: str
+    out: Path
+    dist: object
+    rank: int
+    world: int
+
+
+def _setup(cfg: AdaptConfig, model: Whisper | None, tokenizer) -> _Run:
     import copy
 
-    from edgegate.audio import load_audio
     from edgegate.models.registry import cache_dir
 
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     dist, rank, world = data_parallel()
     student, tokenizer = _load(cfg, model, tokenizer)
     items = load_items(cfg.manifests, tokenizer)
@@ -387,66 +334,83 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    start, history = load_checkpoint(out, params, opt, cfg) if cfg.resume else (0, [])
-    if not cfg.resume and rank == 0:
-        (out / "adapt_log.jsonl").unlink(missing_ok=True)
+    return _Run(student, teacher, tokenizer, items, cache, params, base, opt, fingerprint, out, dist, rank, world)
 
+
+def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float], int]:
+    """One step: this process's utterance (teacher from the cache or computed), the student's loss,
+    gradients averaged over the processes that had a usable utterance, one optimiser step."""
+    from edgegate.audio import load_audio
+
+    rng = np.random.default_rng([cfg.seed, step, run.rank])
+    item = run.items[item_at(step, run.rank, run.world, len(run.items), cfg.seed, cfg.repeat)]
+    samples = load_audio(item.audio)
+    targets = targets_for(item, run.cache, run.teacher, run.tokenizer, cfg, samples)
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(step, cfg)
+    run.opt.zero_grad(set_to_none=True)
+    info: dict[str, float] = {}
+    usable = targets.finished or cfg.keep_unfinished
+    if usable:
+        mel, margin = student_input(samples, cfg, run.student.dims.n_mels, rng)
+        keep = draw_mask(run.student, cfg, rng)
+        loss, info = student_loss(run.student, mel, targets, keep, cfg.kl_weight)
+        loss.backward()
+        info.update(margin=margin, dropped=0 if keep is None else keep.count(False))
+    plist = list(run.params.values())
+    count = average_gradients(plist, int(usable), run.dist)
+    if count:
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
+        run.opt.step()
+    return info, count
+
+
+def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dict:
+    """Run (or resume) an adaptation as ``cfg`` says; returns a summary. Writes ``cfg.out``:
+    ``adaptation.safetensors`` (int8 weight deltas), ``adapt.json``, ``adapt_log.jsonl``, ``checkpoint/``."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = _setup(cfg, model, tokenizer)
+    start, history = load_checkpoint(run.out, run.params, run.opt, cfg) if cfg.resume else (0, [])
+    if not cfg.resume and run.rank == 0:
+        (run.out / "adapt_log.jsonl").unlink(missing_ok=True)
     bar = None
-    if cfg.progress and rank == 0:
+    if cfg.progress and run.rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="adapt", unit="step", dynamic_ncols=True)
     t0, window = time.time(), []
-    plist = list(params.values())
     for step in range(start, cfg.steps):
-        rng = np.random.default_rng([cfg.seed, step, rank])
-        item = items[item_at(step, rank, world, len(items), cfg.seed, cfg.repeat)]
-        samples = load_audio(item.audio)
-        targets = targets_for(item, cache, teacher, tokenizer, cfg, samples)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        info: dict[str, float] = {}
-        usable = targets.finished or cfg.keep_unfinished
-        if usable:
-            mel, margin = student_input(samples, cfg, student.dims.n_mels, rng)
-            keep = draw_mask(student, cfg, rng)
-            loss, info = student_loss(student, mel, targets, keep, cfg.kl_weight)
-            loss.backward()
-            info.update(margin=margin, dropped=0 if keep is None else keep.count(False))
-        count = average_gradients(plist, int(usable), dist)
-        if count:
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
-            opt.step()
+        info, count = adapt_step(run, step, cfg)
         window.append(info)
-        rec = _record(step, cfg, window, count, len(cache) if rank == 0 and (step + 1) % cfg.log_every == 0 else -1,
-                      time.time() - t0)
+        logged = run.rank == 0 and (step + 1) % cfg.log_every == 0
+        rec = _record(step, cfg, window, count, len(run.cache) if logged else -1, time.time() - t0)
         if rec is not None:
             window = []
             history.append(rec)
-            if rank == 0:
-                _log(out, rec)
+            if run.rank == 0:
+                _log(run.out, rec)
         if bar is not None:
             bar.update(1)
             if info:
                 bar.set_postfix(hidden=f"{info['hidden']:.3f}", agree=f"{info['agree']:.2f}")
         due, stop = checkpoint_due(step, cfg)
         if due:
-            if rank == 0:
-                save_checkpoint(out, step + 1, params, opt, cfg, history)
-                write_result(out, params, base, cfg, fingerprint, step + 1, history)
-            if dist:
-                dist.barrier()
+            if run.rank == 0:
+                save_checkpoint(run.out, step + 1, run.params, run.opt, cfg, history)
+                write_result(run.out, run.params, run.base, cfg, run.fingerprint, step + 1, history)
+            if run.dist:
+                run.dist.barrier()
         if stop:
             break
     if bar is not None:
         bar.close()
-    summary = {"steps_done": history[-1]["step"] if history else start, "world_size": world,
-               "seconds": round(time.time() - t0, 1), "teacher_cached": len(cache), "final": history[-1:]}
-    if dist:
-        dist.barrier()
-    return summary
+    if run.dist:
+        run.dist.barrier()
+    return {"steps_done": history[-1]["step"] if history else start, "world_size": run.world,
+            "seconds": round(time.time() - t0, 1), "teacher_cached": len(run.cache), "final": history[-1:]}
 
 
 def write_result(out: Path, params: dict[str, torch.nn.Parameter], base: dict[str, torch.Tensor],

@@ -181,11 +181,7 @@ def test_module_names_are_spelled_only_by_the_model_and_the_manifest_writer():
 
 
 # Left long on purpose, each with its reason (the report names them too).
-KNOWN_LONG = {
-    # edge adaptation's training loop, landed on main while the request-plan refactor ran; split it
-    # like training.train (setup / step / loop / finish) when the edge-adaptation work next touches it
-    "edgegate/adapt.py:adapt",
-}
+KNOWN_LONG: set[str] = set()
 
 
 @pytest.mark.parametrize("limit_lines, limit_function", [(500, 80)])
