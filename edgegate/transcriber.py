@@ -94,7 +94,23 @@ def torch_aligner(model: Whisper, gates: list[Gate], heads: np.ndarray):
     return align
 
 
-class WhisperModel:
+class MaskedModel:
+    """Gate names and keep-masks for a wrapper whose ``model`` has ``gate_names`` and ``split_gates``
+    (Whisper and OWSM alike)."""
+
+    model: Any
+
+    @property
+    def gate_names(self) -> list[str]:
+        return self.model.gate_names
+
+    def mask_to_gates(self, mask: list[bool] | np.ndarray | None) -> list[Gate]:
+        if mask is None:
+            return self.model.split_gates(None)
+        return self.model.split_gates(torch.as_tensor(np.asarray(mask, dtype=bool)))
+
+
+class WhisperModel(MaskedModel):
     """A gated Whisper in PyTorch with its tokenizer."""
 
     def __init__(self, model: str | Path | Whisper = "whisper-base", tokenizer: WhisperTokenizer | None = None,
@@ -111,14 +127,6 @@ class WhisperModel:
             alignment_heads = alignment_heads or ALIGNMENT_HEADS.get(str(model))
         self.alignment_heads_dump = alignment_heads
 
-    @property
-    def gate_names(self) -> list[str]:
-        return self.model.gate_names
-
-    def mask_to_gates(self, mask: list[bool] | np.ndarray | None) -> list[Gate]:
-        if mask is None:
-            return self.model.split_gates(None)
-        return self.model.split_gates(torch.as_tensor(np.asarray(mask, dtype=bool)))
 
     def ports(self, mask: list[bool] | np.ndarray | None = None) -> ModelPorts:
         """encode / make_state / align over this model with ``mask`` (see ``edgegate.longform``)."""

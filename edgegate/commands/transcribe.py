@@ -120,15 +120,20 @@ def load_transcriber(args: argparse.Namespace) -> Transcribe:
 
 def _bundle_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcribe:
     """The runtime Session: 30-s windows without timestamps until it has the long-form loop."""
-    from edgegate.audio import load_audio
     from edgegate.runtimes import Session
 
     if args.word_timestamps or args.vad:
         raise EdgegateError("--word-timestamps and --vad need the PyTorch model for now; drop --bundle")
     session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
+    return _fixed_window_transcriber(session.transcribe, opts)
+
+
+def _fixed_window_transcriber(run: Callable[..., Any], opts: dict[str, Any]) -> Transcribe:
+    """A fixed-window ``run(samples, rate, **opts) -> Transcription`` in the ``(segments, info)`` shape."""
+    from edgegate.audio import load_audio
 
     def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        r = session.transcribe(load_audio(path), 16000, **opts)
+        r = run(load_audio(path), 16000, **opts)
         info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
                                  plan={"mask": r.mask}, timings=r.timings)
         return iter(r.segments), info
@@ -138,7 +143,6 @@ def _bundle_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Trans
 
 def _owsm_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcribe:
     """An OWSM (ESPnet) checkpoint directory, dense, on the PyTorch path: fixed windows without timestamps."""
-    from edgegate.audio import load_audio
     from edgegate.models.owsm_transcriber import OwsmModel
 
     if args.budget or args.word_timestamps or args.vad or args.initial_prompt:
@@ -147,14 +151,7 @@ def _owsm_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcr
     model = OwsmModel(args.model, threads=args.threads)
     if args.language is not None:  # fail once, before reading any file
         model.tokenizer.normalize_language(args.language)
-
-    def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        r = model.transcribe(load_audio(path), 16000, **opts)
-        info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
-                                 plan={"mask": r.mask}, timings=r.timings)
-        return iter(r.segments), info
-
-    return transcribe
+    return _fixed_window_transcriber(model.transcribe, opts)
 
 
 def _check_duration(path: str, max_seconds: float | None) -> None:

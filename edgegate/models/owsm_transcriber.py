@@ -25,12 +25,12 @@ from edgegate.models.owsm import Owsm
 from edgegate.models.owsm_loader import OwsmCheckpoint, load_owsm
 from edgegate.models.whisper import Gate
 from edgegate.pipeline import Segment, Transcription, to_samples
-from edgegate.transcriber import TorchDecoderState
+from edgegate.transcriber import MaskedModel, TorchDecoderState
 
 MIN_LAST_WINDOW = 0.2  # seconds: a shorter tail after a full window is dropped (ESPnet's decode_long)
 
 
-class OwsmModel:
+class OwsmModel(MaskedModel):
     """A gated OWSM in PyTorch with its tokenizer and numpy frontend."""
 
     def __init__(self, model: str | Path | OwsmCheckpoint, threads: int | None = None):
@@ -41,14 +41,6 @@ class OwsmModel:
         self.tokenizer = self.checkpoint.tokenizer
         self.frontend = self.checkpoint.frontend
 
-    @property
-    def gate_names(self) -> list[str]:
-        return self.model.gate_names
-
-    def mask_to_gates(self, mask: list[bool] | np.ndarray | None) -> list[Gate]:
-        if mask is None:
-            return self.model.split_gates(None)
-        return self.model.split_gates(torch.as_tensor(np.asarray(mask, dtype=bool)))
 
     def windows(self, samples: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(start seconds, samples) of each input window."""
