@@ -290,6 +290,17 @@ def _load(cfg: AdaptConfig, model: Whisper | None, tokenizer):
     return model.eval(), tokenizer
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log's records up to ``step`` (the checkpoint resumed from): a run killed after its last
+    checkpoint must not leave the steps it will redo twice in the log."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+
+
 def _log(out: Path, rec: dict) -> None:
     with open(out / "adapt_log.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -374,8 +385,8 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
         torch.set_num_threads(cfg.threads)
     run = _setup(cfg, model, tokenizer)
     start, history = load_checkpoint(run.out, run.params, run.opt, cfg) if cfg.resume else (0, [])
-    if not cfg.resume and run.rank == 0:
-        (run.out / "adapt_log.jsonl").unlink(missing_ok=True)
+    if run.rank == 0:
+        _trim_log(run.out / "adapt_log.jsonl", start)
     bar = None
     if cfg.progress and run.rank == 0:
         from tqdm import tqdm

@@ -126,7 +126,10 @@ def test_resume_gives_the_same_weights(corpus, tiny_pt, tokenizer, tmp_path):
     run(cfg(corpus, whole, tiny_pt, drop_scope="both", augment=True), tokenizer)
     run(cfg(corpus, parts, tiny_pt, drop_scope="both", augment=True, stop_after=4), tokenizer)
     assert json.loads((parts / "adapt.json").read_text())["steps_done"] == 4
+    with open(parts / "adapt_log.jsonl", "a") as f:  # a run killed after its checkpoint logged step 5
+        f.write(json.dumps({"step": 5, "hidden": 9.9}) + "\n")
     run(cfg(corpus, parts, tiny_pt, drop_scope="both", augment=True, resume=True), tokenizer)
+    assert [r["step"] for r in log(parts)] == list(range(1, 9))
     a = load_file(str(whole / "checkpoint" / "trainable.safetensors"))
     b = load_file(str(parts / "checkpoint" / "trainable.safetensors"))
     assert set(a) == set(b)
