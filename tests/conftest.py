@@ -8,6 +8,7 @@ import pytest
 
 from edgegate.data.librivox import DEFAULT_DIR as LIBRIVOX_DIR
 from edgegate.data.librivox import load_clips
+from edgegate.errors import EdgegateError
 
 
 def librivox_clips() -> list[tuple[Path, str]]:
@@ -47,3 +48,26 @@ def base_model():
     from edgegate.transcriber import WhisperModel
 
     return WhisperModel("whisper-base", threads=2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """Whisper base's tokenizer (a module may define its own ``tokenizer`` fixture instead)."""
+    from edgegate.models.registry import resolve_model, tokenizer_path
+    from edgegate.tokenizer import WhisperTokenizer
+
+    try:
+        return WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
+    except EdgegateError as exc:
+        pytest.skip(f"whisper-base tokenizer unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on 1 intra-op thread for a module: two threads on a busy 2-core machine wait on each other
+    (1 thread was 5x faster)."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,30 +12,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgegate.errors import EdgegateError, ModelError  # noqa: E402
+from edgegate.errors import ModelError  # noqa: E402
 from edgegate.models.whisper import ModelDims, Whisper  # noqa: E402
 
 TINY = dict(n_audio_state=32, n_audio_head=2, n_audio_layer=2, n_text_state=32, n_text_head=2, n_text_layer=2)
 PAIRS = [("en", "transcribe"), ("de", "transcribe"), ("de", "translate"), ("es", "translate")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from edgegate.models.registry import resolve_model, tokenizer_path
-    from edgegate.tokenizer import WhisperTokenizer
-
-    try:
-        return WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
-    except EdgegateError as exc:
-        pytest.skip(f"whisper-base tokenizer unavailable: {exc}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

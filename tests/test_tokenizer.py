@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgegate.errors import EdgegateError
 
-
-@pytest.fixture(scope="module")
-def tok():
-    from edgegate.models.registry import resolve_model, tokenizer_path
-    from edgegate.tokenizer import WhisperTokenizer
-
-    try:
-        return WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
-    except EdgegateError as exc:
-        pytest.skip(f"whisper-base tokenizer unavailable: {exc}")
+@pytest.fixture
+def tok(tokenizer):
+    return tokenizer
 
 
 def test_the_is_one_token(tok):

@@ -15,31 +15,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgegate.errors import EdgegateError  # noqa: E402
 from edgegate.models.whisper import ModelDims, Whisper  # noqa: E402
 
 TINY = dict(n_audio_state=32, n_audio_head=2, n_audio_layer=4, n_text_state=32, n_text_head=2, n_text_layer=4)
 PAIRS = [("en", "transcribe"), ("de", "transcribe"), ("de", "translate"), ("es", "translate")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two intra-op threads on a busy 2-core machine wait on each other: 1 thread is 5x faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from edgegate.models.registry import resolve_model, tokenizer_path
-    from edgegate.tokenizer import WhisperTokenizer
-
-    try:
-        return WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
-    except EdgegateError as exc:
-        pytest.skip(f"whisper-base tokenizer unavailable: {exc}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_corpus(folder: Path, n: int = 8, varied: bool = True) -> Path:
