@@ -56,6 +56,9 @@ def load_sets(args) -> dict[str, list[dict]]:
     return sets
 
 
+ROWS = ("base/full", "base/dyn", "edge/full", "edge/dyn")
+
+
 def build_rows(args) -> dict:
     from edgegate.transcriber import WhisperModel
 
@@ -64,8 +67,36 @@ def build_rows(args) -> dict:
     margin = args.margin if args.margin is not None else edge.model.default_audio_ctx
     if margin is None:
         raise SystemExit(f"{args.edge} carries no encoder-context rule: pass --margin")
-    return {"base/full": (base, None), "base/dyn": (base, margin), "edge/full": (edge, None),
-            "edge/dyn": (edge, margin)}, margin
+    rows = {"base/full": (base, None), "base/dyn": (base, margin), "edge/full": (edge, None),
+            "edge/dyn": (edge, margin)}
+    return {k: v for k, v in rows.items() if k in args.rows}, margin
+
+
+def reused_outputs(path: Path | None, sets: dict[str, list[dict]], rows: dict, margin: int) -> dict:
+    """Outputs of the original model's rows from an earlier run of this script on the same items.
+
+    The original whisper-base does not change between evaluations of successive adaptation checkpoints, so
+    its rows are taken from that run (its JSON says so under ``reused_from``) and only the adapted rows run.
+    Their encoder times then come from another run: compare them only within a run.
+    """
+    if path is None:
+        return {}
+    import json
+
+    old = json.loads(path.read_text())
+    if old.get("margin") != margin:
+        raise SystemExit(f"--reuse-base {path}: it ran at margin {old.get('margin')}, this run at {margin}")
+    out: dict[str, dict[str, list[dict]]] = {}
+    for set_name, items in sets.items():
+        by_id = {row: {r["id"]: r for r in old["outputs"].get(set_name, {}).get(row, [])} for row in ROWS[:2]}
+        for row in ROWS[:2]:
+            if row in rows:
+                continue
+            got = [by_id[row].get(it["id"]) for it in items]
+            if None in got:
+                raise SystemExit(f"--reuse-base {path}: row {row} lacks items of set {set_name}; run it again")
+            out.setdefault(set_name, {})[row] = got
+    return out
 
 
 def run_items(rows: dict, items: list[dict], max_tokens: int, label: str) -> dict[str, list[dict]]:
@@ -129,6 +160,10 @@ def main() -> int:
     ap.add_argument("--train-manifest", action="append", default=[],
                     help="training manifest: held-out items with the same text are dropped (repeatable)")
     ap.add_argument("--limit", type=int, default=0, help="items per set (quick checks)")
+    ap.add_argument("--rows", default=",".join(ROWS), type=lambda t: tuple(t.split(",")),
+                    help=f"rows to run (default all: {','.join(ROWS)})")
+    ap.add_argument("--reuse-base", type=Path, default=None, metavar="JSON",
+                    help="take the rows of the original model not in --rows from this earlier result")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
@@ -137,13 +172,20 @@ def main() -> int:
     torch.set_num_threads(1)
     sets = load_sets(args)
     rows, margin = build_rows(args)
-    max_tokens = rows["base/full"][0].model.dims.n_text_ctx // 2
+    if bad := set(args.rows) - set(ROWS):
+        raise SystemExit(f"unknown --rows {', '.join(sorted(bad))}: use {', '.join(ROWS)}")
+    max_tokens = next(iter(rows.values()))[0].model.dims.n_text_ctx // 2
+    reused = reused_outputs(args.reuse_base, sets, rows, margin)
     t0 = time.time()
     results = {name: run_items(rows, items, max_tokens, name) for name, items in sets.items()}
+    for set_name, extra in reused.items():
+        results[set_name] = {**extra, **results[set_name]}
+    all_rows = [r for r in ROWS if any(r in results[s] for s in results)]
     report = {"edge": str(args.edge), "margin": margin, "max_tokens": max_tokens,
+              "ran_rows": list(rows), "reused_from": str(args.reuse_base) if reused else None,
               "load_average": os.getloadavg(), "wall_s": round(time.time() - t0, 1),
               "sets": {k: len(v) for k, v in sets.items()},
-              "rows": {row: {s: score_set(sets[s], results[s][row]) for s in sets} for row in rows},
+              "rows": {row: {s: score_set(sets[s], results[s][row]) for s in sets} for row in all_rows},
               "outputs": results}
     write_json_atomic(args.out, report)
     print(format_table(report))
