@@ -201,7 +201,7 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
                 gates: str | Path | nn.Module | None, budget: float | None, scope: str | None, force: bool,
                 progress: bool, tokenizer: str | Path | None, log: Callable[[str], None]) -> Path:
     """Write a bundle for ``profile`` with ``target``; see :func:`export_bundle` for the arguments."""
-    from edgegate.export.whisper_graphs import family_manifest, module_jobs
+    from edgegate.export.whisper_graphs import alignment_jobs, alignment_section, family_manifest, module_jobs
 
     whisper, tok_path, model_name, predictor, pred_meta, the_budget = load_export_inputs(
         model, tokenizer, gates, profile, budget, scope)
@@ -210,6 +210,9 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     graphs = [g for j in jobs for g in (j.graph, j.adapter) if g is not None]
     if predictor is not None:
         graphs.append(predictor_job(predictor, len(whisper.gate_names)))
+    # Word-timestamp alignment graphs (run only when asked for): ONNX bundles for now.
+    align_jobs, align_meta = alignment_jobs(whisper, model_name) if target.format == "onnx" else ([], None)
+    graphs += align_jobs
     manifest = family_manifest(whisper, model_name)
     bar, tick = _progress(target.steps(graphs), f"export {profile.name} ({target.format})", progress)
     with BundleWriter(out, force=force) as w:
@@ -223,6 +226,7 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
             "modules": [module_spec(j, written).to_dict() for j in jobs],
             "predictor": None if predictor is None else predictor_entry(written[PREDICTOR], predictor, pred_meta,
                                                                         gates),
+            "alignment": None if align_meta is None else alignment_section(align_meta, written),
             "tokenizer": _tokenizer_entry(w, tok_path),
             "profile": profile.to_dict(),
             "budget": the_budget.to_dict() if predictor is not None else None,

@@ -118,6 +118,19 @@ class CrossAttention(nn.Module):
         return x + attention(self.attn, self.ln(x), k, v)
 
 
+class AlignmentScores(nn.Module):
+    """Pre-softmax cross-attention scores of one decoder layer, (batch, heads, tokens, frames): what word
+    timestamps read of its alignment heads. A graph of its own, so the decoder steps never compute it."""
+
+    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm):
+        super().__init__()
+        self.attn, self.ln = attn, ln
+
+    def forward(self, x: Tensor, k: Tensor) -> Tensor:
+        q = self.attn.split_heads(self.attn.query(self.ln(x)))
+        return torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+
+
 class LayerNormOnly(nn.Module):
     def __init__(self, ln: nn.LayerNorm):
         super().__init__()
@@ -246,6 +259,51 @@ def module_jobs(model: Whisper) -> list[ModuleJob]:
     return jobs
 
 
+# -- word-timestamp alignment (optional graphs, run only for word_timestamps) ----------------------------
+ALIGNMENT_STAGE = "alignment"
+
+
+def alignment_jobs(model: Whisper, model_name: str) -> tuple[list[GraphJob], dict]:
+    """The alignment graphs of a bundle and what the manifest says about them (before the files exist).
+
+    One :class:`AlignmentScores` graph per decoder layer (~1 MB each for base): the alignment heads
+    (the published mask of ``model.alignment_heads`` or of the model's name) read some of them, and
+    when a plan skips those layers the others stand in exactly as the PyTorch aligner falls back.
+    """
+    from edgegate.alignment import ALIGNMENT_HEADS, alignment_heads
+
+    d = model.dims
+    dump = getattr(model, "alignment_heads", None) or ALIGNMENT_HEADS.get(model_name)
+    heads = alignment_heads(d.n_text_layer, d.n_text_head, dump)
+    layers = range(d.n_text_layer)
+    dt, ht = d.n_text_state, d.n_text_head
+    dec = {(s.layer, s.kind): s.name for s in gate_layout(d) if s.part == "decoder"}
+    jobs, entries = [], []
+    for i in layers:
+        block = model.decoder.blocks[i]
+        name = f"{dec[(i, 'cross_attn')]}.align"
+        ins = (_t("x", "float32", ["batch", "tokens", dt]), _t("k", "float32", ["kv_batch", ht, "frames", dt // ht],
+                                                                f"cross_k.{i}"))
+        outs = (_t("qk", "float32", ["batch", ht, "tokens", "frames"], f"qk.{i}"),)
+        jobs.append(GraphJob(name, ALIGNMENT_STAGE, AlignmentScores(block.cross_attn, block.cross_attn_ln),
+                             (torch.randn(1, 3, dt), torch.randn(1, ht, 10, dt // ht)), ins, outs))
+        entries.append({"name": name, "layer": i, "before": dec[(i, "cross_attn")]})
+    meta = {"heads": [[int(a), int(b)] for a, b in heads.T], "published": dump is not None, "graphs": entries,
+            "note": "graph <before>.align reads the residual stream x just before module <before> runs and that "
+                    "layer's cross K; qk = (ln(x) Wq + bq) K^T / sqrt(head_dim), pre-softmax; run only for word "
+                    "timestamps, over the teacher-forced text of a window"}
+    return jobs, meta
+
+
+def alignment_section(meta: dict, written: dict) -> dict:
+    """The manifest's ``alignment`` section: ``meta`` of :func:`alignment_jobs` with each graph's file and signature."""
+    graphs = []
+    for entry in meta["graphs"]:
+        spec = written[entry["name"]].to_dict()
+        graphs.append({**entry, **spec})
+    return {**meta, "graphs": graphs}
+
+
 def family_manifest(model: Whisper, model_name: str) -> dict:
     """What the runtime needs about a Whisper besides its modules: dims, limits, costs, frontend."""
     d = model.dims
@@ -273,5 +331,6 @@ def family_manifest(model: Whisper, model_name: str) -> dict:
     }
 
 
-__all__ = ["module_jobs", "family_manifest", "adapters_of", "Stem", "SelfAttention", "MLP", "CachedSelfAttention",
+__all__ = ["module_jobs", "family_manifest", "alignment_jobs", "alignment_section", "AlignmentScores",
+           "adapters_of", "Stem", "SelfAttention", "MLP", "CachedSelfAttention",
            "CrossKV", "CrossAttention", "LayerNormOnly", "Embed", "Logits", "Adapter", "attention"]

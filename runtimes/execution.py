@@ -13,7 +13,7 @@ before it, so a manifest that does not add up is one :class:`BundleError` at loa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,6 +159,12 @@ class GraphDecoderState:
         self.steps = 0
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
+        return self.step_values(tokens)[LOGITS]
+
+    def step_values(self, tokens: np.ndarray, before: Callable[[Runner, dict[str, np.ndarray]], None] | None = None
+                    ) -> dict[str, np.ndarray]:
+        """One step; every value it saw. ``before(runner, env)`` is called before each runner (the
+        word-timestamp pass reads the residual stream there), so the plain step pays nothing for it."""
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         b, t = tokens.shape
         if self.offset + t > self.max_positions:
@@ -170,12 +176,14 @@ class GraphDecoderState:
         env["tokens"] = tokens
         env["positions"] = np.arange(self.offset, self.offset + t, dtype=np.int64)
         for r in self.runners.per_step:
+            if before is not None:
+                before(r, env)
             r(env)
         for s in self.runners.state:
             self.state[s.value] = env[s.value]
         self.offset += t
         self.steps += 1
-        return env[LOGITS]
+        return env
 
     def reorder(self, index: np.ndarray) -> None:
         index = np.asarray(index, dtype=np.int64)
