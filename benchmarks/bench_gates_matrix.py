@@ -160,7 +160,7 @@ def evaluate_gate_set(label: str, gates: str, sets: dict, budgets: list[float], 
     ctx = _audio_ctx(audio_ctx, gw.audio_ctx)
 
     def transcribe_fn(audio, lang, task, budget):
-        return gw.transcribe(audio, language=lang, task=task, budget=budget, audio_ctx=ctx)
+        return gw.transcribe_windows(audio, language=lang, task=task, budget=budget, audio_ctx=ctx)
 
     print(f"== {label}: {gates} (scope {gw.spec.scope}, adapt {gw.spec.adapt}, ctx {ctx})", flush=True)
     report = evaluate(sets, transcribe_fn, budgets, gw.gate_names, whisper_cost_fn(gw.model.dims, ctx),

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_edgegate() -> Callable:
         model = WhisperModel(args.model, threads=args.threads)
-        return lambda audio: model.transcribe(audio, language="en", task="transcribe", beam_size=1).text
+        return lambda audio: model.transcribe_windows(audio, language="en", task="transcribe", beam_size=1).text
 
     def make_fw(compute_type: str) -> Callable[[], Callable]:
         def make() -> Callable:

@@ -88,7 +88,7 @@ def sessions_child(bundle: Path, mode: str) -> dict:
     seconds = []
     for _, wav, _ in clips:
         t = time.perf_counter()
-        session.transcribe(str(wav), language="en", audio_ctx=None)
+        session.transcribe_windows(str(wav), language="en", audio_ctx=None)
         seconds.append(time.perf_counter() - t)
     after = memory()
     return {"sessions": len(session.modules), "base": base, "loaded": loaded, "after_2_clips": after,

@@ -139,7 +139,7 @@ def capture(session, items: list[Item], steps_per_item: int = 12) -> dict[str, l
     try:
         for item in items:
             count.clear()
-            session.transcribe(item.audio, language=item.lang, task=item.task, audio_ctx=None)
+            session.transcribe_windows(item.audio, language=item.lang, task=item.task, audio_ctx=None)
     finally:
         for name, mod in session.modules.items():
             mod.run = originals[name]
@@ -298,9 +298,10 @@ def bench_e2e(bundle: Path, work: Path, calib: dict, items: list[Item], threads:
         k = (start // chunk) % len(order)
         for c in order[k:] + order[:k]:
             session = Session.load(dirs[c], threads=threads)
-            session.transcribe(part[0].audio, language=part[0].lang, task=part[0].task, audio_ctx=None)  # warm-up
+            # warm-up
+            session.transcribe_windows(part[0].audio, language=part[0].lang, task=part[0].task, audio_ctx=None)
             for it in part:
-                r = session.transcribe(it.audio, language=it.lang, task=it.task, audio_ctx=None)
+                r = session.transcribe_windows(it.audio, language=it.lang, task=it.task, audio_ctx=None)
                 recs[c][it.id] = {"text": r.text, "tokens": r.tokens, "seconds": r.timings["total"],
                                   "encoder_s": r.timings["encoder"], "decoder_s": r.timings["decoder"],
                                   "load": os.getloadavg()[0]}

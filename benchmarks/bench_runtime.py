@@ -243,11 +243,11 @@ def _executorch_runner(args, clips: list[str], budget: float | None) -> Callable
 
     def run(clip: str) -> dict:
         if budget is None:
-            r = s.transcribe(clip, language="en", mask=dense, audio_ctx=ctx)
+            r = s.transcribe_windows(clip, language="en", mask=dense, audio_ctx=ctx)
         elif s.has_predictor:
-            r = s.transcribe(clip, language="en", budget=budget, audio_ctx=ctx)
+            r = s.transcribe_windows(clip, language="en", budget=budget, audio_ctx=ctx)
         else:
-            r = s.transcribe(clip, language="en", mask=static_mask(s, budget)[0], audio_ctx=ctx)
+            r = s.transcribe_windows(clip, language="en", mask=static_mask(s, budget)[0], audio_ctx=ctx)
         return {"text": r.text, "tokens": len(r.tokens), **r.timings}
 
     run(clips[0])  # warm-up, not timed
@@ -309,10 +309,10 @@ bundle, threads, clips = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 t0 = time.perf_counter()
 s = Session.load(bundle, threads=threads)
 load = time.perf_counter() - t0
-s.transcribe(clips[0], language="en")
+s.transcribe_windows(clips[0], language="en")
 ts, dec = [], []
 for c in clips:
-    r = s.transcribe(c, language="en")
+    r = s.transcribe_windows(c, language="en")
     ts.append(r.timings["total"]); dec.append(r.timings["decoder"])
 print(json.dumps({"load_s": load, "median_s": statistics.median(ts), "decoder_median_s": statistics.median(dec),
                   "sessions": len(s.modules) + len(s.adapters)}))
@@ -419,20 +419,20 @@ def main(argv: list[str] | None = None) -> int:
         rows.setdefault(row, []).append(rec)
 
     # warm-up (not timed): first runs allocate arenas and page weights in
-    ref_model.transcribe(clips[0], language="en", audio_ctx=ctx)
-    session.transcribe(clips[0], language="en", audio_ctx=ctx)
+    ref_model.transcribe_windows(clips[0], language="en", audio_ctx=ctx)
+    session.transcribe_windows(clips[0], language="en", audio_ctx=ctx)
     mono.transcribe(clips[0], audio_ctx=ctx)
     extra = {name: fn(args, clips) for name, fn in EXTRA_ROWS.items()}
 
     loads = [os.getloadavg()]
     for clip in clips:
         if not args.no_torch:
-            r = ref_model.transcribe(clip, language="en", audio_ctx=ctx)
+            r = ref_model.transcribe_windows(clip, language="en", audio_ctx=ctx)
             add("torch-eager-dense", clip, {"text": r.text, "tokens": len(r.tokens), "total": r.timings["total"],
                                             "encoder": r.timings["encoder"], "decoder": r.timings["decoder"]})
         m = mono.transcribe(clip, audio_ctx=ctx)
         add("onnx-monolithic-dense", clip, {**m, "tokens": len(m["tokens"])})
-        r = session.transcribe(clip, language="en", mask=dense_mask, audio_ctx=ctx)
+        r = session.transcribe_windows(clip, language="en", mask=dense_mask, audio_ctx=ctx)
         dense_tokens = r.tokens
         add("edgegate-dense", clip, {"text": r.text, "tokens": len(r.tokens), **r.timings})
         f = forced_run(session, clip, dense_mask, dense_tokens, audio_ctx=ctx)
@@ -443,12 +443,12 @@ def main(argv: list[str] | None = None) -> int:
         for b in BUDGETS:
             if session.has_predictor:
                 spec = b if args.cost_unit == "flops" else Budget(b, session.budget.scope, "ms", session.budget.pinned)
-                r = session.transcribe(clip, language="en", budget=spec, audio_ctx=ctx)
+                r = session.transcribe_windows(clip, language="en", budget=spec, audio_ctx=ctx)
                 mask = np.array(r.mask)
                 plan_s = r.timings["predictor"]
             else:
                 mask, plan_s = static[b]
-                r = session.transcribe(clip, language="en", mask=mask, audio_ctx=ctx)
+                r = session.transcribe_windows(clip, language="en", mask=mask, audio_ctx=ctx)
                 r.timings["predictor"] = plan_s
             skipped = float(g_flops[~mask].sum())
             ideal = {"ideal_saving": skipped / total_flops}

@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             wav = synthesise(source, lang, Path(tmp), f"{lang}{i}", args.rate)
             audio = load_audio(wav)
             t0 = time.perf_counter()
-            translation = model.transcribe(audio, language=lang, task="translate", beam_size=args.beam_size).text
+            translation = model.transcribe_windows(audio, language=lang, task="translate",
+                                                   beam_size=args.beam_size).text
             t1 = time.perf_counter()
-            transcription = model.transcribe(audio, language=lang, task="transcribe",
-                                             beam_size=args.beam_size).text
+            transcription = model.transcribe_windows(audio, language=lang, task="transcribe",
+                                                     beam_size=args.beam_size).text
             t2 = time.perf_counter()
             rows.append({"language": lang, "source": source, "references": list(refs),
                          "audio_seconds": len(audio) / 16000,

@@ -91,7 +91,7 @@ masks = {"dense": dense, **{str(b): static_mask(s, b)[0] for b in (0.25, 0.5, 0.
 # untimed warm-up + dense transcripts
 toks = {}
 for utt, wav, _ in clips:
-    toks[utt] = s.transcribe(str(wav), language="en", mask=dense, audio_ctx=None).tokens
+    toks[utt] = s.transcribe_windows(str(wav), language="en", mask=dense, audio_ctx=None).tokens
 res = {k: [] for k in masks}
 for utt, wav, _ in clips:
     per = {k: [] for k in masks}

@@ -10,7 +10,7 @@
 A request is planned by :mod:`edgegate.plan`, exactly as the torch-free runtime plans it; the
 model then runs with that mask, skipped modules replaced by their skip adapter if any
 (:mod:`edgegate.adaptation`). On the fixed-window path the log-mel is computed once per request;
-the long-form path plans from the first 30 s before it streams the audio window by window.
+the long-form path plans from the first 30 s of the log-mel it streams window by window (one log-mel).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from edgegate.adaptation import apply_adaptation
 from edgegate.budget import Budget, validate_budget
 from edgegate.errors import ModelError
 from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec, resolve_gates_dir
+from edgegate.longform import DEFAULT_TEMPERATURES, build_options, plan_info, resolve_audio_ctx, transcribe_long
 from edgegate.models.costs import flop_costs
 from edgegate.pipeline import MelFeatures, Transcription, collect, to_samples
-from edgegate.plan import Plan, Planner, default_language_codes, language_index, task_index
+from edgegate.plan import Plan, Planner, RequestFeatures, default_language_codes, language_index, task_index
 from edgegate.transcriber import WhisperModel
 
 
@@ -70,34 +71,41 @@ class GatedWhisper:
         return s[0].double().numpy()
 
     def plan(self, audio, language: str | None, task: str, budget: float, scope: str | None = None,
-             audio_ctx: int | None | str = "trained", sample_rate: int = 16000) -> Plan:
+             audio_ctx: int | None | str = "auto", sample_rate: int = 16000) -> Plan:
         """The plan of one request: 16-kHz float32 samples (or a file, or its :class:`MelFeatures`)."""
         features = audio if isinstance(audio, MelFeatures) else MelFeatures.of(to_samples(audio, sample_rate),
                                                                               self.model.dims.n_mels)
-        ctx = self.audio_ctx if audio_ctx == "trained" else audio_ctx
+        ctx = resolve_audio_ctx("auto" if audio_ctx == "trained" else audio_ctx, self.audio_ctx)
         the_budget = Budget(validate_budget(budget), scope or self.spec.scope, "flops", self.pinned)
         return self.planner.plan(features.request, language, task, the_budget, ctx)
 
     def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None, task: str = "transcribe",
-                   budget: float = 0.0, scope: str | None = None, audio_ctx: int | None | str = "trained", **kwargs):
+                   budget: float = 0.0, scope: str | None = None, audio_ctx: int | str | None = "auto",
+                   beam_size: int = 1, temperature=DEFAULT_TEMPERATURES, word_timestamps: bool = False,
+                   vad_filter: bool = False, vad_options=None, **options):
         """``segments, info`` as ``WhisperModel.transcribe``, with the modules the predictor and budget pick.
 
-        One plan per request, from the first 30 s of audio (``info.plan``); the other keywords are
-        ``WhisperModel.transcribe``'s (temperature, word_timestamps, vad_filter, beam_size, ...).
+        One plan per request, from the first 30 s of the log-mel the windows are cut from (computed
+        once; ``info.plan``); the other keywords are ``WhisperModel.transcribe``'s. ``audio_ctx``
+        "auto" (or "trained") is the gate set's margin (``gates.json``), "full" Whisper's 30 s.
         """
-        from edgegate.audiostream import head_samples
-
-        t0 = time.perf_counter()
         if language is not None:
             language = self.tokenizer.normalize_language(language)
-        ctx = self.audio_ctx if audio_ctx == "trained" else audio_ctx
-        plan = self.plan(head_samples(audio, sample_rate, 30.0), language, task, budget, scope, ctx)
-        t_plan = time.perf_counter() - t0
-        segments, info = self.wm.transcribe(audio, sample_rate, language=language, task=task,
-                                            mask=None if plan.dense else plan.mask, audio_ctx=ctx, **kwargs)
-        info.plan.update(mask=plan.kept, budget=budget)
-        info.timings["plan"] = t_plan
-        return segments, info
+        ctx = resolve_audio_ctx("auto" if audio_ctx == "trained" else audio_ctx, self.audio_ctx)
+        opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
+        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, "flops", self.pinned)
+
+        def planner(request: RequestFeatures | None):
+            if request is None:  # no audio left to decode (the VAD found no speech)
+                mask = [True] * len(self.gate_names)
+            else:
+                mask = self.planner.plan(request, language, task, the_budget, ctx).kept
+            info = plan_info(self.gate_names, mask, ctx)
+            info["budget"] = budget
+            return self.wm.ports(None if all(mask) else mask), mask, info
+
+        return transcribe_long(audio, None, opts, self.model.dims.n_mels, sample_rate, vad_filter, vad_options,
+                               planner=planner)
 
     def detect_language(self, audio, sample_rate: int = 16000):
         """(language, probability, all probabilities) on the dense model: the plan depends on the language."""
@@ -109,11 +117,11 @@ class GatedWhisper:
 
     def transcribe_windows(self, audio, sample_rate: int = 16000, language: str | None = None,
                            task: str = "transcribe", budget: float = 0.0, beam_size: int = 1,
-                           scope: str | None = None, audio_ctx: int | None | str = "trained") -> Transcription:
+                           scope: str | None = None, audio_ctx: int | None | str = "auto") -> Transcription:
         """Like ``WhisperModel.transcribe_windows``, with the modules the predictor and budget pick.
 
         ``budget`` 0 runs dense (bit-identical to the base model; adapters run only in place of a
-        skipped module). The encoder context is trimmed as in training (``audio_ctx="trained"``,
+        skipped module). The encoder context is trimmed as in training (``audio_ctx="auto"``,
         the margin in ``gates.json``); pass ``None`` for Whisper's full 30 s or another margin.
         Short clips (1-3 s) with a small margin (32) can make Whisper base loop: see
         docs/training.md.

@@ -22,7 +22,7 @@ from edgegate.decoding import DecodeOptions, DecodeResult, DecoderState, decode_
 from edgegate.errors import EdgegateError
 from edgegate.frontend import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from edgegate.pipeline import Segment, TranscriptionInfo
-from edgegate.plan import encoder_frames
+from edgegate.plan import RequestFeatures, encoder_frames
 from edgegate.repetition import find_repetition
 
 INPUT_STRIDE = 2  # mel frames per encoder position
@@ -283,6 +283,10 @@ def _time_words(segments: list[Segment], window: _Window, ports: ModelPorts, lan
     feed = np.array([[*sot, tok.no_timestamps, *text_tokens, tok.eot]], dtype=np.int64)
     logits, qk = ports.align(window.cross, feed)
     info.decoder_steps += 1
+    if qk is None:  # the plan runs no cross-attention: nothing ties the tokens to time
+        for s in segments:
+            s.words = []
+        return
     alignment = find_alignment(qk, logits, tok, text_tokens, window.size, language, n_sot=len(sot))
     add_word_timestamps(segments, per_segment, alignment, window.offset, st.last_speech,
                         opts.prepend_punctuations, opts.append_punctuations)
@@ -320,17 +324,39 @@ def mel_source(source, n_mels: int):
     return ArrayMel(source.samples, n_mels) if isinstance(source, SampleSource) else StreamedMel(source, n_mels)
 
 
-def transcribe_long(audio, ports: ModelPorts, opts: LongformOptions, n_mels: int = 80, sample_rate: int = 16000,
-                    vad_filter: bool = False, vad_options=None, mask: list[bool] | None = None,
-                    plan: dict | None = None) -> tuple[Iterator[Segment], TranscriptionInfo]:
-    """``segments, info`` for audio of any length: the language is detected now, segments decode lazily."""
+RequestPlanner = Callable[[RequestFeatures | None], tuple[ModelPorts, list[bool] | None, dict]]
+
+
+def head_features(mel, n_samples: int) -> RequestFeatures | None:
+    """What a planner reads of a request: the first 30 s of the log-mel the windows are cut from (no second
+    log-mel of the head); None when there is no audio to decode."""
+    if mel is None:
+        return None
+    head = min(mel.content_frames, N_FRAMES)
+    return RequestFeatures(mel.frames(0, head), head, min(n_samples / SAMPLE_RATE, N_FRAMES * HOP_LENGTH / SAMPLE_RATE))
+
+
+def transcribe_long(audio, ports: ModelPorts | None, opts: LongformOptions, n_mels: int = 80,
+                    sample_rate: int = 16000, vad_filter: bool = False, vad_options=None,
+                    mask: list[bool] | None = None, plan: dict | None = None, planner: RequestPlanner | None = None,
+                    ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """``segments, info`` for audio of any length: the language is detected now, segments decode lazily.
+
+    ``planner`` (instead of ``ports``, ``mask`` and ``plan``) picks what runs from the first 30 s of
+    the request's log-mel (:func:`head_features`) and returns (ports, mask, plan info).
+    """
     t0 = time.perf_counter()
     opts.validate()
     source, speech_map, duration, detector = prepare_audio_source(audio, sample_rate, vad_filter, vad_options)
     mel = mel_source(source, n_mels) if source.n_samples else None
+    t1 = time.perf_counter()
+    if planner is not None:
+        ports, mask, plan = planner(head_features(mel, source.n_samples))
     info = TranscriptionInfo(opts.language or "", None, duration, source.n_samples / SAMPLE_RATE, None, opts.task,
                              plan=dict(plan or {}), options={"vad_detector": detector} if vad_filter else {})
-    info.timings["frontend"] = time.perf_counter() - t0
+    info.timings["frontend"] = t1 - t0
+    if planner is not None:
+        info.timings["plan"] = time.perf_counter() - t1
     if speech_map is not None:
         info.speech_chunks = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in speech_map.chunks]
     language = opts.language
@@ -373,6 +399,21 @@ def build_options(language: str | None, task: str, beam_size: int, temperature, 
         raise EdgegateError(f"unknown transcribe option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     return LongformOptions(language=language, task=task, beam_size=beam_size, temperature=temperature,
                            word_timestamps=word_timestamps, audio_ctx=audio_ctx, **options).validate()
+
+
+def resolve_audio_ctx(value: int | str | None, auto: int | None) -> int | None:
+    """The encoder margin of an ``audio_ctx`` argument: "auto" = the model's own rule (``auto``: an edge-adapted
+    model's or a bundle's margin, None = full), "full" or None = Whisper's 30 s, N >= 0 = the real length + N."""
+    if value == "auto":
+        return auto
+    if value is None or value == "full":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= N_FRAMES // 2:
+        raise EdgegateError(f"audio_ctx must be 'full', 'auto' or a margin of 0..{N_FRAMES // 2} encoder positions, "
+                            f"got {value!r}")
+    return int(value)
 
 
 def plan_info(names: Sequence[str], mask: Sequence[bool] | None, audio_ctx: int | None) -> dict[str, Any]:

@@ -20,7 +20,14 @@ import torch
 
 from edgegate.alignment import ALIGNMENT_HEADS, alignment_heads
 from edgegate.errors import BudgetError
-from edgegate.longform import DEFAULT_TEMPERATURES, ModelPorts, build_options, plan_info, transcribe_long
+from edgegate.longform import (
+    DEFAULT_TEMPERATURES,
+    ModelPorts,
+    build_options,
+    plan_info,
+    resolve_audio_ctx,
+    transcribe_long,
+)
 from edgegate.models.loaders import load_whisper
 from edgegate.models.registry import resolve_model, tokenizer_path
 from edgegate.models.whisper import Gate, Whisper
@@ -125,7 +132,15 @@ class WhisperModel(MaskedModel):
             self.model = load_whisper(path)
             self.tokenizer = tokenizer or WhisperTokenizer.from_file(tokenizer_path(path))
             alignment_heads = alignment_heads or ALIGNMENT_HEADS.get(str(model))
+        # On the model too, so a bundle exported from this instance reads the same heads.
+        alignment_heads = alignment_heads or getattr(self.model, "alignment_heads", None)
+        self.model.alignment_heads = alignment_heads
         self.alignment_heads_dump = alignment_heads
+
+    @property
+    def default_audio_ctx(self) -> int | None:
+        """The encoder margin ``audio_ctx="auto"`` means: an edge-adapted model's own (None = full 30 s)."""
+        return getattr(self.model, "default_audio_ctx", None)
 
 
     def ports(self, mask: list[bool] | np.ndarray | None = None) -> ModelPorts:
@@ -145,7 +160,7 @@ class WhisperModel(MaskedModel):
     def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, language: str | None = None,
                    task: str = "transcribe", beam_size: int = 1, temperature: float | tuple = DEFAULT_TEMPERATURES,
                    word_timestamps: bool = False, vad_filter: bool = False, budget: float | None = None,
-                   mask: list[bool] | np.ndarray | None = None, audio_ctx: int | None = None,
+                   mask: list[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
                    vad_options: Any = None, **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """``segments, info`` for audio of any length: timestamps, seeking, fallback, optional word times and VAD.
 
@@ -154,16 +169,19 @@ class WhisperModel(MaskedModel):
         keywords are :class:`edgegate.longform.LongformOptions` fields (condition_on_previous_text,
         initial_prompt, prefix, compression_ratio_threshold, log_prob_threshold, no_speech_threshold,
         best_of, ...). ``budget`` needs a gate predictor: use ``edgegate.gated.load_gated``.
+        ``audio_ctx``: "auto" (the model's ``default_audio_ctx``: an edge-adapted model's margin, else
+        the full 30 s), "full", or N = the real length + N encoder positions.
         """
         if budget:
             raise BudgetError(f"budget {budget:g} needs a gate predictor; load one with edgegate.gated.load_gated "
                               "or pass an explicit mask")
         if language is not None:
             language = self.tokenizer.normalize_language(language)
-        opts = build_options(language, task, beam_size, temperature, word_timestamps, audio_ctx, options)
+        ctx = resolve_audio_ctx(audio_ctx, self.default_audio_ctx)
+        opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
         mask_list = None if mask is None else [bool(m) for m in mask]
         return transcribe_long(audio, self.ports(mask), opts, self.model.dims.n_mels, sample_rate, vad_filter,
-                               vad_options, mask_list, plan_info(self.gate_names, mask_list, audio_ctx))
+                               vad_options, mask_list, plan_info(self.gate_names, mask_list, ctx))
 
     def transcribe_text(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, **kwargs: Any
                         ) -> Transcription:
@@ -171,7 +189,7 @@ class WhisperModel(MaskedModel):
         return collect(*self.transcribe(audio, sample_rate, **kwargs))
 
     def detect_language(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
-                        mask: list[bool] | np.ndarray | None = None, audio_ctx: int | None = None,
+                        mask: list[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
                         ) -> tuple[str, float, dict[str, float]]:
         """(language, its probability, every language's probability) from the first 30 s."""
         from edgegate.longform import detect_first_window, mel_source, prepare_audio_source
@@ -179,21 +197,22 @@ class WhisperModel(MaskedModel):
         source, _, duration, _ = prepare_audio_source(audio, sample_rate, False)
         info = TranscriptionInfo("", None, duration, duration, None)
         language, probs = detect_first_window(mel_source(source, self.model.dims.n_mels), self.ports(mask),
-                                              audio_ctx, info)
+                                              resolve_audio_ctx(audio_ctx, self.default_audio_ctx), info)
         return language, probs[language], probs
 
     def transcribe_windows(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
                            language: str | None = None, task: str = "transcribe", beam_size: int = 1,
-                           mask: list[bool] | np.ndarray | None = None, audio_ctx: int | None = None
+                           mask: list[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto"
                            ) -> Transcription:
         """Fixed 30-s windows without timestamps (one segment per window): the short-utterance path.
 
-        What the evaluation and the runtime ``Session.transcribe`` use today (the same decoding, so
+        What the evaluation, live partials and the runtime ``Session.transcribe_windows`` use (the same decoding, so
         their tokens can be compared); ``mask`` keeps (True) or skips (False) each module of
         ``gate_names``; ``audio_ctx`` trims the encoder context to the audio plus that many
-        positions (None = Whisper's full 30 s).
+        positions ("full"/None = Whisper's full 30 s, "auto" = the model's own margin).
         """
         t0 = time.perf_counter()
+        audio_ctx = resolve_audio_ctx(audio_ctx, self.default_audio_ctx)
         if language is not None:
             language = self.tokenizer.normalize_language(language)
         samples = to_samples(audio, sample_rate)

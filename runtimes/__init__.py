@@ -2,7 +2,7 @@
 
     from edgegate.runtimes import Session
     session = Session.load("bundles/whisper-base-cpu", budget=0.25)
-    print(session.transcribe(samples, 16000, language="en").text)
+    print(session.transcribe_text(samples, 16000, language="en").text)   # long-form; transcribe() yields segments
 """
 
 from __future__ import annotations

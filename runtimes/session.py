@@ -2,14 +2,18 @@
 
     from edgegate.runtimes.session import Session
     session = Session.load("bundles/whisper-base-cpu")          # verifies every file's SHA-256 first
-    result = session.transcribe("clip.wav", language="en")      # -> edgegate.pipeline.Transcription
-    print(result.text, result.mask, result.timings)
+    segments, info = session.transcribe("talk.wav", word_timestamps=True)   # long-form, lazy segments
+    for s in segments:
+        print(f"[{s.start:.2f} -> {s.end:.2f}] {s.text}")
+    print(info.language, info.plan["kept"], info.timings)
+    result = session.transcribe_windows("clip.wav", language="en")   # fixed 30-s windows -> Transcription
 
-Per request: log-mel frontend (numpy, once) -> the request's plan (:mod:`edgegate.plan`: the
-bundle's predictor and cost terms, the exact budget planner) -> the runner list of that plan
-(:mod:`edgegate.runtimes.execution`: kept modules, skip adapters in place of skipped ones,
-cross-attention K/V only for kept cross-attention) -> :func:`edgegate.decoding.decode` over the
-per-step runners with their KV caches.
+Per request (``transcribe``: :func:`edgegate.longform.transcribe_long`, the loop every model
+shares; ``transcribe_windows``: fixed windows): log-mel frontend (numpy, once) -> the request's
+plan (:mod:`edgegate.plan`: the bundle's predictor and cost terms, the exact budget planner) ->
+the runner list of that plan (:mod:`edgegate.runtimes.execution`: kept modules, skip adapters in
+place of skipped ones, cross-attention K/V only for kept cross-attention) -> the decoding of
+:mod:`edgegate.decoding` over the per-step runners with their KV caches.
 
 Thread safety: a Session may serve several threads at once. Per-request data lives in the call;
 the shared runner-list cache is locked; each backend's graphs are safe to run concurrently (ONNX
@@ -22,16 +26,36 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgegate.budget import Budget, validate_budget
-from edgegate.errors import BudgetError, EdgegateError
-from edgegate.pipeline import MelFeatures, Transcription, to_samples, transcribe_windows
+from edgegate.errors import BudgetError, BundleError, EdgegateError
+from edgegate.longform import (
+    DEFAULT_TEMPERATURES,
+    ModelPorts,
+    build_options,
+    detect_first_window,
+    mel_source,
+    plan_info,
+    prepare_audio_source,
+    resolve_audio_ctx,
+    transcribe_long,
+)
+from edgegate.pipeline import (
+    MelFeatures,
+    Segment,
+    Transcription,
+    TranscriptionInfo,
+    collect,
+    to_samples,
+    transcribe_windows,
+)
 from edgegate.plan import Plan, Planner, RequestFeatures, default_language_codes, language_index, task_index
+from edgegate.runtimes.alignment import NO_ALIGNMENT, Alignment
 from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
@@ -40,6 +64,7 @@ from edgegate.runtimes.latency import measured_ms
 from edgegate.tokenizer import TASKS, WhisperTokenizer
 
 RUNNER_CACHE = 64  # runner lists kept per session: per-request masks vary, memory stays bounded
+_EMPTY = RequestFeatures(np.zeros((80, 1), np.float32), 1, 0.0)  # no audio left (VAD): a dense plan, nothing runs
 
 
 class Session:
@@ -202,26 +227,106 @@ class Session:
     def decoder_state(self, window: dict[str, np.ndarray], mask: np.ndarray) -> GraphDecoderState:
         return GraphDecoderState(self.runner_list(mask), window, self.limits.text_positions)
 
-    def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, language: str | None = None,
-                   task: str = "transcribe", beam_size: int = 1, mask: Sequence[bool] | np.ndarray | None = None,
-                   budget: float | Budget | None = None, audio_ctx: int | None | str = "bundle") -> Transcription:
-        """Transcribe (or translate to English) audio of any length in 30-s windows.
+    # -- long-form transcription (edgegate.longform, as WhisperModel.transcribe) ---------------
+    def resolve_audio_ctx(self, audio_ctx: int | str | None) -> int | None:
+        """"auto" (and the older "bundle") = the bundle's ``decoding.audio_ctx``; "full"/None = 30 s; N = margin."""
+        return resolve_audio_ctx("auto" if audio_ctx == "bundle" else audio_ctx, self.audio_ctx)
 
-        ``mask`` (one bool per ``gate_names`` entry) fixes the kept modules; otherwise ``budget``
-        (or the session's default) is planned from the predictor's scores. Passing both is an
-        error. ``audio_ctx`` trims the encoder context as ``WhisperModel.transcribe`` does; the
-        default "bundle" uses the bundle's (its gate set's; None = full 30 s). ``result.mask`` lists
-        the kept modules; ``result.timings`` has frontend, predictor (predictor + planning),
-        encoder (+ cross K/V), decoder and total seconds.
-        """
-        t0 = time.perf_counter()
+    @property
+    def alignment(self) -> Alignment | None:
+        """The bundle's word-timestamp graphs (None: exported without them), loaded on first use."""
+        if not hasattr(self, "_alignment"):
+            self._alignment = Alignment.of(self.bundle, self.backend)
+        return self._alignment
+
+    def ports(self, mask: Sequence[bool] | np.ndarray | None = None, word_timestamps: bool = False) -> ModelPorts:
+        """encode / make_state (/ align) over this bundle with ``mask`` (see ``edgegate.longform``)."""
+        keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else self.check_mask(mask)
+        align = None
+        if word_timestamps:
+            if self.alignment is None:
+                raise BundleError(NO_ALIGNMENT.format(path=self.bundle.path))
+            align = self.alignment.aligner(self.runner_list(keep), lambda w: self.decoder_state(w, keep),
+                                           self.backend.max_step_tokens, self.backend.max_batch)
+        return ModelPorts(lambda mel: self.encode(mel, keep), lambda w: self.decoder_state(w, keep), self.tokenizer,
+                          self.limits.n_vocab, self.limits.text_positions, align)
+
+    def _check_request(self, language: str | None, task: str, mask: Any, budget: Any) -> str | None:
         if mask is not None and budget is not None:
             raise BudgetError("pass either mask or budget, not both")
         if task not in TASKS:
             raise EdgegateError(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
-        if language is not None:
-            language = self.tokenizer.normalize_language(language)
-        ctx = self.audio_ctx if audio_ctx == "bundle" else audio_ctx
+        return None if language is None else self.tokenizer.normalize_language(language)
+
+    def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, language: str | None = None,
+                   task: str = "transcribe", beam_size: int = 1,
+                   temperature: float | Sequence[float] = DEFAULT_TEMPERATURES,
+                   word_timestamps: bool = False, vad_filter: bool = False, budget: float | Budget | None = None,
+                   mask: Sequence[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
+                   vad_options: Any = None, **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """``segments, info`` for audio of any length, exactly as ``WhisperModel.transcribe``: timestamps,
+        seeking, temperature fallback, the loop guard, optional word times (the bundle's alignment
+        graphs) and VAD, through :func:`edgegate.longform.transcribe_long`.
+
+        One plan per request from the first 30 s of its log-mel: ``mask`` (one bool per
+        ``gate_names`` entry) fixes the kept modules, else ``budget`` (or the session's default) is
+        planned from the predictor's scores; passing both is an error. ``audio_ctx``: "auto" = the
+        bundle's rule (``decoding.audio_ctx``; None = full), "full", or a margin N. Further keywords
+        are :class:`edgegate.longform.LongformOptions` fields (condition_on_previous_text,
+        initial_prompt, prefix, best_of, thresholds, ...). ``info.plan`` has the mask, kept/skipped
+        modules, encoder frames and budget; ``info.timings`` frontend, plan, encoder, decoder, total.
+        """
+        language = self._check_request(language, task, mask, budget)
+        ctx = self.resolve_audio_ctx(audio_ctx)
+        opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
+        if word_timestamps and self.alignment is None:
+            raise BundleError(NO_ALIGNMENT.format(path=self.bundle.path))
+        spec = self.budget if budget is None else self._as_budget(self.bundle, budget)
+
+        def planner(request: RequestFeatures | None) -> tuple[ModelPorts, list[bool], dict]:
+            if mask is not None:
+                plan = self.planner.fixed(mask, request or _EMPTY, ctx)
+            else:
+                plan = self.planner.plan(request or _EMPTY, language, task, spec if request else None, ctx)
+            info = plan_info(self.gate_names, plan.kept, ctx)
+            info["budget"] = None if plan.budget is None else plan.budget.value
+            return self.ports(plan.mask, word_timestamps), plan.kept, info
+
+        return transcribe_long(audio, None, opts, self.limits.n_mels, sample_rate, vad_filter, vad_options,
+                               planner=planner)
+
+    def transcribe_text(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, **kwargs: Any
+                        ) -> Transcription:
+        """``transcribe()`` run to the end: the joined text with every segment (same keywords)."""
+        return collect(*self.transcribe(audio, sample_rate, **kwargs))
+
+    def detect_language(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
+                        mask: Sequence[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
+                        ) -> tuple[str, float, dict[str, float]]:
+        """(language, its probability, every language's probability) from the first 30 s (dense unless ``mask``)."""
+        source, _, duration, _ = prepare_audio_source(audio, sample_rate, False)
+        info = TranscriptionInfo("", None, duration, duration, None)
+        mel = mel_source(source, self.limits.n_mels) if source.n_samples else None
+        if mel is None:
+            raise EdgegateError("no audio to detect a language in")
+        language, probs = detect_first_window(mel, self.ports(mask), self.resolve_audio_ctx(audio_ctx), info)
+        return language, probs[language], probs
+
+    # -- fixed 30-s windows without timestamps (the short-utterance path) ----------------------
+    def transcribe_windows(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
+                           language: str | None = None, task: str = "transcribe", beam_size: int = 1,
+                           mask: Sequence[bool] | np.ndarray | None = None, budget: float | Budget | None = None,
+                           audio_ctx: int | None | str = "auto") -> Transcription:
+        """Transcribe (or translate to English) in fixed 30-s windows without timestamps (one segment each).
+
+        The same decoding as ``WhisperModel.transcribe_windows`` (their tokens can be compared) and what
+        live partials use. ``mask``/``budget``/``audio_ctx`` as in :meth:`transcribe`. ``result.mask``
+        lists the kept modules; ``result.timings`` has frontend, predictor (predictor + planning),
+        encoder (+ cross K/V), decoder and total seconds.
+        """
+        t0 = time.perf_counter()
+        language = self._check_request(language, task, mask, budget)
+        ctx = self.resolve_audio_ctx(audio_ctx)
         features = MelFeatures.of(to_samples(audio, sample_rate), self.limits.n_mels)
         t1 = time.perf_counter()
         timings = {"frontend": t1 - t0, "predictor": 0.0, "encoder": 0.0, "decoder": 0.0}

@@ -127,7 +127,7 @@ def test_tiny_greedy_parity(tiny, session, which):
     mask = masks(session.gate_names)[which]
     audio = noise_clip()
     a = ref.transcribe_windows(audio, language="en", mask=mask)
-    b = session.transcribe(audio, language="en", mask=mask)
+    b = session.transcribe_windows(audio, language="en", mask=mask)
     assert len(a.tokens) > 0
     assert b.tokens == a.tokens and b.text == a.text and b.mask == mask
 
@@ -137,10 +137,10 @@ def test_tiny_beam_trimmed_context_and_language_detection(tiny, session):
     mask = masks(session.gate_names)["adapters"]
     audio = noise_clip(1.5, seed=1)
     a = ref.transcribe_windows(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
-    b = session.transcribe(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
+    b = session.transcribe_windows(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
     assert b.tokens == a.tokens
     a = ref.transcribe_windows(audio)
-    b = session.transcribe(audio, budget=0.0)  # the bundle has a predictor: its default budget would apply
+    b = session.transcribe_windows(audio, budget=0.0)  # the bundle has a predictor: its default budget would apply
     assert (b.language, b.tokens) == (a.language, a.tokens)
     assert b.language_probability == pytest.approx(a.language_probability, abs=1e-4)
 
@@ -149,8 +149,8 @@ def test_predictor_method_plans_like_onnx(tiny, session):
     onnx = Session.load(tiny[2], threads=1)
     audio = noise_clip(2.0, seed=3)
     for budget in (0.25, 0.5):
-        a = onnx.transcribe(audio, language="en", budget=budget)
-        b = session.transcribe(audio, language="en", budget=budget)
+        a = onnx.transcribe_windows(audio, language="en", budget=budget)
+        b = session.transcribe_windows(audio, language="en", budget=budget)
         assert b.mask == a.mask and b.tokens == a.tokens
     stats = np.linspace(-1, 1, 160, dtype=np.float32)
     np.testing.assert_allclose(session.keep_scores(stats, "en", "transcribe", 0.5),
@@ -284,12 +284,12 @@ def test_whisper_base_gated_parity_on_librivox(librivox, tmp_path_factory):
         samples = str(clip)
         for budget in (0.0, 0.5):
             a = reference.transcribe_windows(samples, language="en", budget=budget)
-            b = session.transcribe(samples, language="en", budget=budget)
+            b = session.transcribe_windows(samples, language="en", budget=budget)
             assert b.mask == a.mask, (clip.name, budget)
             assert b.tokens == a.tokens, (clip.name, budget, a.text, b.text)
             # the explicit-mask path: WhisperModel.transcribe(mask=...) on the adapted model
             c = reference.wm.transcribe_windows(samples, language="en", mask=a.mask, audio_ctx=reference.audio_ctx)
-            d = session.transcribe(samples, language="en", mask=a.mask)
+            d = session.transcribe_windows(samples, language="en", mask=a.mask)
             assert d.tokens == c.tokens == a.tokens
             if budget == 0.0:
                 assert len(b.tokens) > 5

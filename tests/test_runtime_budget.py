@@ -52,7 +52,7 @@ def test_default_budget_comes_from_the_bundle(setup):
     assert gated.audio_ctx == 24  # the gate set's trimmed context travels with the bundle
     assert sorted(gated.adapters) == sorted(TINY_ADAPTERS)
     audio = clip()
-    result = gated.transcribe(audio, language="en")
+    result = gated.transcribe_windows(audio, language="en")
     expected_mask = reference.plan(audio, "en", "transcribe", 0.4).mask
     assert result.mask == expected_mask.tolist()
     assert not all(result.mask)  # something was skipped
@@ -66,7 +66,7 @@ def test_default_budget_comes_from_the_bundle(setup):
 def test_per_call_budget_and_context(setup, budget, language, task):
     reference, gated, _ = setup
     audio = clip(seed=1)
-    result = gated.transcribe(audio, language=language, task=task, budget=budget)
+    result = gated.transcribe_windows(audio, language=language, task=task, budget=budget)
     ref = reference.transcribe_windows(audio, language=language, task=task, budget=budget)
     assert result.mask == ref.mask
     assert result.tokens == ref.tokens
@@ -74,34 +74,34 @@ def test_per_call_budget_and_context(setup, budget, language, task):
 
 def test_zero_budget_is_dense_and_skips_the_predictor(setup):
     _, gated, _ = setup
-    result = gated.transcribe(clip(), language="en", budget=0.0)
+    result = gated.transcribe_windows(clip(), language="en", budget=0.0)
     assert all(result.mask)
 
 
 def test_no_predictor_runs_dense_and_refuses_budgets(setup):
     _, gated, dense = setup
     assert dense.budget is None and not dense.has_predictor
-    assert all(dense.transcribe(clip(), language="en").mask)
+    assert all(dense.transcribe_windows(clip(), language="en").mask)
     with pytest.raises(BudgetError, match="--gates") as info:
-        dense.transcribe(clip(), language="en", budget=0.5)
+        dense.transcribe_windows(clip(), language="en", budget=0.5)
     assert "\n" not in str(info.value)
     with pytest.raises(BudgetError, match="--gates"):
         Session.load(dense.bundle, budget=0.5)
     mask = [True] * len(dense.gate_names)
     mask[-1] = False
-    assert dense.transcribe(clip(), language="en", mask=mask).mask == mask  # explicit masks always work
+    assert dense.transcribe_windows(clip(), language="en", mask=mask).mask == mask  # explicit masks always work
 
 
 def test_bad_requests(setup):
     _, gated, _ = setup
     n = len(gated.gate_names)
     with pytest.raises(BudgetError, match="either mask or budget"):
-        gated.transcribe(clip(), mask=[True] * n, budget=0.5)
+        gated.transcribe_windows(clip(), mask=[True] * n, budget=0.5)
     with pytest.raises(BudgetError, match="one value per gateable module"):
-        gated.transcribe(clip(), mask=[True] * (n - 1))
+        gated.transcribe_windows(clip(), mask=[True] * (n - 1))
     with pytest.raises(BudgetError, match=r"\[0, 1\)"):
-        gated.transcribe(clip(), budget=1.5)
+        gated.transcribe_windows(clip(), budget=1.5)
     with pytest.raises(EdgegateError, match="unknown task"):
-        gated.transcribe(clip(), task="summarize")
+        gated.transcribe_windows(clip(), task="summarize")
     with pytest.raises(EdgegateError, match="unknown language"):
-        gated.transcribe(clip(), language="klingon")
+        gated.transcribe_windows(clip(), language="klingon")

@@ -41,7 +41,7 @@ def test_tiny_greedy_parity(tiny, which):
     mask = masks(session.gate_names)[which]
     audio = noise_clip()
     a = ref.transcribe_windows(audio, language="en", mask=mask)
-    b = session.transcribe(audio, language="en", mask=mask)
+    b = session.transcribe_windows(audio, language="en", mask=mask)
     assert len(a.tokens) > 0
     assert b.tokens == a.tokens and b.text == a.text
     assert b.mask == mask
@@ -53,10 +53,10 @@ def test_tiny_beam_trimmed_context_and_language_detection(tiny):
     mask = masks(session.gate_names)["adapters"]
     audio = noise_clip(1.5, seed=1)
     a = ref.transcribe_windows(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
-    b = session.transcribe(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
+    b = session.transcribe_windows(audio, language="de", task="translate", mask=mask, beam_size=3, audio_ctx=16)
     assert b.tokens == a.tokens
     a = ref.transcribe_windows(audio)
-    b = session.transcribe(audio)
+    b = session.transcribe_windows(audio)
     assert (b.language, b.tokens) == (a.language, a.tokens)
     assert b.language_probability == pytest.approx(a.language_probability, abs=1e-4)
 
@@ -65,7 +65,7 @@ def test_tiny_long_audio_windows(tiny):
     ref, session = tiny
     audio = noise_clip(31.0, seed=2)
     a = ref.transcribe_windows(audio, language="en")
-    b = session.transcribe(audio, language="en")
+    b = session.transcribe_windows(audio, language="en")
     assert len(b.segments) == 2 and [s.tokens for s in b.segments] == [s.tokens for s in a.segments]
 
 
@@ -88,7 +88,7 @@ def test_only_kept_modules_execute(tiny):
     session._embed, session._logits = session.modules["decoder.embed"], session.modules["decoder.logits"]
     names = session.gate_names
     mask = masks(names)["adapters"]
-    session.transcribe(noise_clip(), language="en", mask=mask)
+    session.transcribe_windows(noise_clip(), language="en", mask=mask)
     for name, keep in zip(names, mask, strict=True):
         assert (counts.get(name, 0) > 0) == keep, name
         if not keep:
@@ -125,7 +125,7 @@ def test_whisper_base_parity_on_librivox(base_model, base_session, librivox):
             if which == "light" and i > 0:
                 continue
             a = base_model.transcribe_windows(str(path), language="en", mask=mask)
-            b = base_session.transcribe(str(path), language="en", mask=mask)
+            b = base_session.transcribe_windows(str(path), language="en", mask=mask)
             if a.tokens != b.tokens:
                 mismatches.append((Path(path).name, which, a.text, b.text))
             if which == "dense":
@@ -150,5 +150,5 @@ def test_shipped_gate_set_parity_on_librivox(librivox, tmp_path):
     for clip, _ in librivox:
         for budget in (0.0, 0.25, 0.5):
             a = reference.transcribe_windows(str(clip), language="en", budget=budget)
-            b = session.transcribe(str(clip), language="en", budget=budget)
+            b = session.transcribe_windows(str(clip), language="en", budget=budget)
             assert (b.mask, b.tokens) == (a.mask, a.tokens), (clip.name, budget)

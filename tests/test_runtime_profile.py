@@ -101,7 +101,7 @@ def test_ms_budget_plans_with_time_end_to_end(profiled, monkeypatch):
         return out
 
     monkeypatch.setattr(session, "costs", spy)
-    result = session.transcribe(clip(), language="en")
+    result = session.transcribe_windows(clip(), language="en")
     keep = np.array(result.mask)
     assert not keep.all() and result.text is not None
     assert skipped_fraction(keep, seen["ms"], session.gate_names) >= 0.5 - 1e-9
@@ -190,7 +190,7 @@ def test_missing_bundle_and_non_numbers(tmp_path, capsys):
 def test_ms_budget_without_a_table_names_the_command(bundle):
     session = Session.load(bundle, budget=Budget(0.5, "both", "ms"), threads=1)
     with pytest.raises(BudgetError, match=f"edgegate profile {bundle}"):
-        session.transcribe(clip(), language="en")
+        session.transcribe_windows(clip(), language="en")
 
 
 def test_profile_runs_without_torch(bundle):

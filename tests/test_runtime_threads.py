@@ -46,7 +46,7 @@ def requests(n_gates: int) -> list[dict]:
 
 
 def run(session: Session, req: dict) -> tuple:
-    r = session.transcribe(**req)
+    r = session.transcribe_windows(**req)
     return r.tokens, r.mask, r.language
 
 

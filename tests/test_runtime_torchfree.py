@@ -46,9 +46,9 @@ SCRIPT = BLOCKER + textwrap.dedent('''
     session = Session.load(sys.argv[1], threads=1)
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(32000)).astype(np.float32)
-    dense = session.transcribe(audio, language="en", budget=0.0)
-    gated = session.transcribe(audio, language="en", budget=0.5)
-    beam = session.transcribe(audio, beam_size=2)
+    dense = session.transcribe_windows(audio, language="en", budget=0.0)
+    gated = session.transcribe_windows(audio, language="en", budget=0.5)
+    beam = session.transcribe_windows(audio, beam_size=2)
     print(json.dumps({
         "dense_tokens": dense.tokens, "gated_mask": gated.mask, "beam_language": beam.language,
         "leaked": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),

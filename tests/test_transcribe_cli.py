@@ -105,3 +105,40 @@ def test_cli_unknown_language_is_one_line(capsys):
     assert main(["transcribe", "x.wav", "--language", "xx"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown language 'xx'; valid codes:") and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["transcribe", "live"])
+def test_audio_ctx_values_and_one_line_errors(command, capsys):
+    from edgegate.cli import build_parser
+
+    parser = build_parser()
+    head = [command, "x.wav"] if command == "transcribe" else [command]
+    assert parser.parse_args(head).audio_ctx == "auto"
+    for text, value in (("full", "full"), ("AUTO", "auto"), ("64", 64), ("0", 0)):
+        assert parser.parse_args([*head, "--audio-ctx", text]).audio_ctx == value
+    for bad in ("half", "-3", "1.5", "2000"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*head, "--audio-ctx", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--audio-ctx: expected full, auto or a margin N of 0..1500" in err and repr(bad) in err
+    help_text = parser._subparsers._group_actions[0].choices[command].format_help()
+    assert "loops on short clips when trimmed" in " ".join(help_text.split())
+
+
+def test_cli_bundle_runs_the_long_form_decoding_with_word_times(tmp_path, capsys):
+    import json
+
+    from edgegate.export.core import export_bundle
+
+    from tiny import noise_clip, tiny_whisper
+
+    bundle = export_bundle(tmp_path / "tiny", "cpu", tiny_whisper(), progress=False, log=lambda m: None)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, noise_clip(3.0), 16000)
+    capsys.readouterr()
+    assert main(["transcribe", str(wav), "--bundle", str(bundle), "--language", "en", "--temperature", "0",
+                 "--word-timestamps", "--format", "json", "--audio-ctx", "16", "--threads", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plan"]["audio_ctx"] == 16 and doc["windows"] == 1 and doc["segments"]
+    assert all(s["words"] is not None for s in doc["segments"]) and doc["decoder_steps"] > 1
+    assert set(doc["timings"]) >= {"frontend", "plan", "encoder", "decoder", "total"}

@@ -116,7 +116,7 @@ def _runtime(args: argparse.Namespace):
     sess = Session.load(args.bundle)
 
     def transcribe_fn(audio, lang, task, budget):
-        return sess.transcribe(audio, 16000, lang, task, budget=budget)
+        return sess.transcribe_windows(audio, 16000, lang, task, budget=budget)
 
     from edgegate.evaluation import request_cost_fn
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from edgegate.commands.transcribe import AUDIO_CTX_HELP, audio_ctx_arg
 from edgegate.errors import EdgegateError
 
 HELP = """Live transcription from a microphone, one line per utterance.
@@ -77,9 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-partials", action="store_true", help="only final lines, no re-transcription while speaking")
     p.add_argument("--partial-interval", type=_seconds, default=1.0, metavar="S",
                    help="re-transcribe the growing utterance every S seconds of audio (default 1.0)")
-    p.add_argument("--audio-ctx", type=int, default=None, metavar="N",
-                   help="trim Whisper's encoder context to the utterance plus N positions (20 ms each): much "
-                        "faster on short utterances, but Whisper may repeat itself (default: the full 30 s)")
+    p.add_argument("--audio-ctx", type=audio_ctx_arg, default="auto", metavar="full|auto|N",
+                   help=AUDIO_CTX_HELP + "; much faster on short utterances")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
                    help="text: '[start -> end] text  (latency, modules)'; jsonl: one JSON object per event")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: all cores)")

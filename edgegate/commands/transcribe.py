@@ -31,9 +31,28 @@ examples:
 
 --budget is the fraction of the gateable cost (FLOPs) to skip: 0 = dense, 0.5 = skip half.
 With --bundle the torch-free runtime runs the exported bundle (its own predictor and default
-budget) in fixed 30-s windows without timestamps (long-form decoding comes to the runtime next);
+budget) with the same long-form decoding (word timestamps from the bundle's alignment graphs);
 without it, the PyTorch model with the gate set of --gates (default: the shipped one).
+
+--audio-ctx: full = Whisper's 30-s encoder window; auto (default) = the model's own rule (an
+edge-adapted model's margin, a bundle's decoding.audio_ctx, a gate set's trained margin; full
+otherwise); N = the real audio length plus N encoder positions (20 ms each). Trimming needs an
+adapted model: the original whisper-base loops on short clips when its context is trimmed.
 """
+
+AUDIO_CTX_HELP = ("encoder context: full (Whisper's 30 s), auto (the model's or bundle's own rule; default) or N "
+                  "(the audio plus N positions of 20 ms); trimming needs an edge-adapted model, the original "
+                  "whisper-base loops on short clips when trimmed")
+
+
+def audio_ctx_arg(text: str) -> int | str:
+    """``--audio-ctx full|auto|N``."""
+    value = text.strip().lower()
+    if value in ("full", "auto"):
+        return value
+    if value.isdigit() and int(value) <= 1500:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected full, auto or a margin N of 0..1500 encoder positions, got {text!r}")
 
 
 def _temperatures(text: str) -> tuple[float, ...]:
@@ -79,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=True,
                    help="prompt each window with the text before it (default: on)")
     p.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prompt the first window with")
+    p.add_argument("--audio-ctx", type=audio_ctx_arg, default="auto", metavar="full|auto|N", help=AUDIO_CTX_HELP)
     p.add_argument("--max-duration", type=float, default=None, metavar="S",
                    help="refuse files longer than S seconds before decoding them (default: no limit)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -90,12 +110,13 @@ Transcribe = Callable[[str], tuple[Iterator[Segment], TranscriptionInfo]]
 
 def load_transcriber(args: argparse.Namespace) -> Transcribe:
     """The one transcription function this invocation uses: runtime bundle, gated or dense PyTorch."""
-    opts: dict[str, Any] = {"language": args.language, "task": args.task, "beam_size": args.beam_size}
+    opts: dict[str, Any] = {"language": args.language, "task": args.task, "beam_size": args.beam_size,
+                            "audio_ctx": args.audio_ctx}
     long_opts = {"temperature": args.temperature, "word_timestamps": args.word_timestamps, "vad_filter": args.vad,
                  "condition_on_previous_text": args.condition_on_previous_text,
                  "initial_prompt": args.initial_prompt}
     if args.bundle:
-        return _bundle_transcriber(args, opts)
+        return _bundle_transcriber(args, {**opts, **long_opts})
     from edgegate.models.owsm_config import is_owsm_dir
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
@@ -119,13 +140,17 @@ def load_transcriber(args: argparse.Namespace) -> Transcribe:
 
 
 def _bundle_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcribe:
-    """The runtime Session: 30-s windows without timestamps until it has the long-form loop."""
+    """The runtime Session: the same long-form transcribe() as the PyTorch model."""
     from edgegate.runtimes import Session
 
-    if args.word_timestamps or args.vad:
-        raise EdgegateError("--word-timestamps and --vad need the PyTorch model for now; drop --bundle")
     session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
-    return _fixed_window_transcriber(session.transcribe, opts)
+    if args.language is not None:  # fail once, before reading any file
+        session.tokenizer.normalize_language(args.language)
+    if args.word_timestamps and session.alignment is None:
+        from edgegate.runtimes.alignment import NO_ALIGNMENT
+
+        raise EdgegateError(NO_ALIGNMENT.format(path=args.bundle))
+    return lambda path: session.transcribe(path, **opts)
 
 
 def _fixed_window_transcriber(run: Callable[..., Any], opts: dict[str, Any]) -> Transcribe:
@@ -148,6 +173,7 @@ def _owsm_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Transcr
     if args.budget or args.word_timestamps or args.vad or args.initial_prompt:
         raise EdgegateError("--budget, --word-timestamps, --vad and --initial-prompt are Whisper-only for now; "
                             "drop them for an OWSM model")
+    opts = {k: v for k, v in opts.items() if k != "audio_ctx"}  # OWSM's encoder always sees its whole window
     model = OwsmModel(args.model, threads=args.threads)
     if args.language is not None:  # fail once, before reading any file
         model.tokenizer.normalize_language(args.language)
