@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 pieces = [(u.start_s, u.audio) for u in segment_audio(samples, make_detector("auto"))]
             for start, audio in pieces:
                 t0 = time.perf_counter()
+                # final=True: the long-form decoding of transcribe() (timestamps, fallback, loop guard)
                 result = transcriber.transcribe(audio, 16000, language=args.language, task=args.task,
-                                                budget=args.budget)
+                                                budget=args.budget, final=True)
                 seconds = time.perf_counter() - t0
                 compute_seconds += seconds
                 kept = f"{sum(result.mask)}/{len(result.mask)}" if result.mask is not None else "dense"

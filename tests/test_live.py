@@ -145,6 +145,52 @@ def test_torch_adapter_refuses_budgets_without_a_predictor():
         LiveTranscriber(adapter, budget=0.3, vad=EnergyDetector())
 
 
+class TwoPaths:
+    """A model with the two decoding paths: fixed windows (partials) and long-form text (finals)."""
+
+    gate_names = ["a", "b"]
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    def transcribe_windows(self, audio, sample_rate=16000, language=None, task="transcribe", audio_ctx=None):
+        self.calls.append(("windows", {"audio_ctx": audio_ctx}))
+        return Transcription("partial", [], "en", None, len(audio) / sample_rate)
+
+    def transcribe_text(self, audio, sample_rate=16000, **kwargs):
+        self.calls.append(("long-form", kwargs))
+        return Transcription("final", [], "en", None, len(audio) / sample_rate)
+
+
+def test_finals_take_the_long_form_decoding_and_partials_the_fixed_windows():
+    from edgegate.live import SessionTranscriber
+
+    audio = np.concatenate([silence(0.5), tone(2.5), silence(1.2)])
+    model = TwoPaths()
+    live = LiveTranscriber(TorchTranscriber(model), vad=EnergyDetector(), partial_interval=0.5, audio_ctx="auto",
+                           partial_ctx=16)
+    finals, partials, _ = run_events(live, FileSource(audio, realtime=False))
+    assert [f.text for f in finals] == ["final"] and partials
+    # a tentative line (the speech has ended) is the final's decoding, shown early and then reused
+    assert all(p.text == ("final" if p.tentative else "partial") for p in partials)
+    assert {kind for kind, _ in model.calls} == {"windows", "long-form"}
+    assert all(k["audio_ctx"] == ("auto" if kind == "long-form" else 16) for kind, k in model.calls)
+
+    class FakeSession(TwoPaths):
+        bundle = None
+        has_predictor = False
+        budget = None
+
+        def transcribe_windows(self, audio, sample_rate=16000, language=None, task="transcribe", budget=None,
+                               audio_ctx="auto"):
+            return super().transcribe_windows(audio, sample_rate, language, task, audio_ctx)
+
+    session = FakeSession()
+    finals, _, _ = run_events(LiveTranscriber(SessionTranscriber(session), vad=EnergyDetector(), partials=False),
+                              FileSource(audio, realtime=False))
+    assert [f.text for f in finals] == ["final"] and [kind for kind, _ in session.calls] == ["long-form"]
+
+
 def test_transcription_errors_are_reported_and_the_stream_goes_on():
     class Flaky(FakeModel):
         def transcribe(self, audio, *a, **k):
@@ -432,3 +478,22 @@ def test_live_path_on_a_bundle_never_imports_torch(tiny_bundle, librivox):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_final_never_prints_a_decoding_loop(base_model):
+    """At a trimmed context (32 positions) whisper-base loops on this card clip at temperature 0; the
+    final line goes through the long-form fallback and loop guard, so it does not."""
+    from test_longform_recording import all_clips, read16k
+
+    from edgegate.repetition import longest_run
+    from edgegate.textnorm import wer
+
+    path, ref = next((p, r) for p, r in all_clips() if p.name.endswith("0930.wav"))
+    live = LiveTranscriber(TorchTranscriber(base_model), language="en", vad=EnergyDetector(), partials=False,
+                           audio_ctx=32)
+    finals, _, _ = run_events(live, FileSource(np.concatenate([silence(0.5), read16k(path), silence(1.0)]),
+                                               realtime=False))
+    words = " ".join(f.text for f in finals).split()
+    assert words and longest_run(words) < 3, words
+    assert wer([ref], [" ".join(words)]) <= 0.1, words

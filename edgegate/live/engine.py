@@ -69,16 +69,19 @@ class LiveTranscriber:
     - ``partials``: re-transcribe the growing utterance every ``partial_interval`` s of audio (the
       interval stretches to twice a partial's cost, so partials take at most half the CPU; they
       are skipped while the consumer is more than ``max_backlog`` s behind the audio).
-    - ``partial_ctx`` / ``audio_ctx``: trimmed encoder context (Whisper positions of margin) for
-      partials / finals, for transcribers that take ``audio_ctx``; None = Whisper's full 30 s.
-      Trimming is much cheaper on short audio but can make Whisper base loop, so it is off.
+    - ``partial_ctx`` / ``audio_ctx``: encoder context for partials / finals, for transcribers that
+      take ``audio_ctx``: "auto" (the model's or bundle's own rule), "full", a margin N in encoder
+      positions, or None (the transcriber's default). Trimming is much cheaper on short audio but
+      makes the original Whisper base loop; edge-adapted models and bundles trim by themselves.
+    - Finals use the long-form decoding of ``transcribe()`` (timestamps, fallback, loop guard) on
+      transcribers that say ``accepts_final``; partials the fast fixed-window path.
     - ``queue_seconds``: audio the capture queue holds before blocks are dropped (and counted).
     """
 
     def __init__(self, transcriber, *, language: str | None = None, task: str = "transcribe",
                  budget: float | None = None, vad: str | Any = "auto", vad_config: VadConfig | None = None,
-                 partials: bool = True, partial_interval: float = 1.0, partial_ctx: int | None = None,
-                 audio_ctx: int | None = None, max_backlog: float = 0.3, queue_seconds: float = 60.0):
+                 partials: bool = True, partial_interval: float = 1.0, partial_ctx: int | str | None = None,
+                 audio_ctx: int | str | None = None, max_backlog: float = 0.3, queue_seconds: float = 60.0):
         self.transcriber = transcriber
         self.language = language
         self.task = task
@@ -92,6 +95,7 @@ class LiveTranscriber:
         self.partials = partials
         self.partial_interval = float(partial_interval)
         self.accepts_audio_ctx = bool(getattr(transcriber, "accepts_audio_ctx", False))
+        self.accepts_final = bool(getattr(transcriber, "accepts_final", False))
         self.partial_ctx = partial_ctx if self.accepts_audio_ctx else None
         self.audio_ctx = audio_ctx if self.accepts_audio_ctx else None
         self.max_backlog = float(max_backlog)
@@ -132,6 +136,8 @@ class LiveTranscriber:
         ctx = self.partial_ctx if partial else self.audio_ctx
         if ctx is not None:
             kwargs["audio_ctx"] = ctx
+        if not partial and self.accepts_final:  # a final: the long-form decoding rules of transcribe()
+            kwargs["final"] = True
         t0 = time.perf_counter()
         result = self.transcriber.transcribe(audio, SAMPLE_RATE, **kwargs)
         return result, time.perf_counter() - t0

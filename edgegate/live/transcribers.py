@@ -1,7 +1,10 @@
 """What the live path transcribes with: any model behind the small :class:`Transcriber` protocol.
 
 :func:`load_transcriber` returns the torch-free runtime's ``Session`` for a bundle, or the PyTorch
-model otherwise.
+model otherwise. Partials take the fast fixed-window path (greedy, no timestamps); finals
+(``final=True``) take the long-form decoding of ``transcribe()`` (:mod:`edgegate.longform`: timestamp
+rules, temperature fallback, the no-speech rule and the loop guard), run to the end, so a final
+line follows the same decoding rules as ``edgegate transcribe``.
 """
 
 from __future__ import annotations
@@ -54,22 +57,26 @@ class TorchTranscriber:
         else:
             self.name = type(model).__name__
         self.model = model
-        # WhisperModel / GatedWhisper: the fixed-window path (transcribe() is the long-form generator API).
+        # WhisperModel / GatedWhisper: the fixed-window path for partials, the long-form one for finals.
         self._transcribe = getattr(model, "transcribe_windows", None) or model.transcribe
+        self._final = getattr(model, "transcribe_text", None) or self._transcribe
         self.supports_budget = _accepts(self._transcribe, "budget")
         self.accepts_audio_ctx = _accepts(self._transcribe, "audio_ctx")
+        self.accepts_final = True
         names = getattr(model, "gate_names", None)
         self.n_modules = len(names) if names is not None else None
         self.default_budget: float | None = None
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = 16000, *, language: str | None = None,
-                   task: str = "transcribe", budget: float | None = None, **kwargs: Any) -> Transcription:
-        if self.supports_budget:
-            kwargs["budget"] = budget
-        elif budget:
+                   task: str = "transcribe", budget: float | None = None, final: bool = False,
+                   **kwargs: Any) -> Transcription:
+        if budget and not self.supports_budget:
             raise BudgetError(f"budget {budget:g} needs a gate predictor, which the PyTorch model {self.name} "
                               "does not have here; run a bundle exported with gates (--bundle DIR) or use budget 0")
-        return self._transcribe(audio, sample_rate, language=language, task=task, **kwargs)
+        if self.supports_budget and budget is not None:  # None: the model's own default
+            kwargs["budget"] = budget
+        run = self._final if final else self._transcribe
+        return run(audio, sample_rate, language=language, task=task, **kwargs)
 
     def describe(self) -> str:
         return f"{self.name} (PyTorch)"
@@ -84,15 +91,18 @@ class SessionTranscriber:
         self.session = session
         self.name = str(getattr(getattr(session, "bundle", None), "path", "bundle"))
         self.supports_budget = bool(getattr(session, "has_predictor", True))
-        self.accepts_audio_ctx = _accepts(session.transcribe, "audio_ctx")
+        self.accepts_audio_ctx = _accepts(session.transcribe_windows, "audio_ctx")
+        self.accepts_final = True
         names = getattr(session, "gate_names", None)
         self.n_modules = len(names) if names is not None else None
         budget = getattr(session, "budget", None)
         self.default_budget = getattr(budget, "value", budget)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = 16000, *, language: str | None = None,
-                   task: str = "transcribe", budget: float | None = None, **kwargs: Any) -> Transcription:
-        return self.session.transcribe(audio, sample_rate, language=language, task=task, budget=budget, **kwargs)
+                   task: str = "transcribe", budget: float | None = None, final: bool = False,
+                   **kwargs: Any) -> Transcription:
+        run = self.session.transcribe_text if final else self.session.transcribe_windows
+        return run(audio, sample_rate, language=language, task=task, budget=budget, **kwargs)
 
     def describe(self) -> str:
         describe = getattr(self.session, "describe", None)
