@@ -28,6 +28,14 @@ from edgegate.runtimes.schema import DEFAULT_MAX_BATCH, DEFAULT_MAX_STEP_TOKENS,
 
 NO_ALIGNMENT = ("bundle {path} has no alignment graphs for word timestamps; re-export it with this edgegate "
                 "(edgegate export ... --force), or drop word_timestamps")
+NO_ALIGNMENT_PTE = ("bundle {path} is an ExecuTorch program, which has no alignment graphs for word timestamps yet; "
+                    "use an ONNX bundle (edgegate export --target cpu) for word timestamps, or drop them")
+
+
+def missing(bundle: Any) -> BundleError:
+    """The one-line error for word timestamps on a bundle without alignment graphs."""
+    text = NO_ALIGNMENT_PTE if bundle.module_format == "pte" else NO_ALIGNMENT
+    return BundleError(text.format(path=bundle.path))
 
 
 @dataclass(frozen=True)
@@ -135,4 +143,4 @@ def _every_position(runner: Runner, env: dict[str, np.ndarray], rows: int) -> np
     return np.concatenate(out)
 
 
-__all__ = ["Alignment", "AlignGraph", "NO_ALIGNMENT"]
+__all__ = ["Alignment", "AlignGraph", "NO_ALIGNMENT", "missing"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgegate.budget import Budget, validate_budget
-from edgegate.errors import BudgetError, BundleError, EdgegateError
+from edgegate.errors import BudgetError, EdgegateError
 from edgegate.longform import (
     DEFAULT_TEMPERATURES,
     ModelPorts,
@@ -55,7 +55,8 @@ from edgegate.pipeline import (
     transcribe_windows,
 )
 from edgegate.plan import Plan, Planner, RequestFeatures, default_language_codes, language_index, task_index
-from edgegate.runtimes.alignment import NO_ALIGNMENT, Alignment
+from edgegate.runtimes.alignment import Alignment
+from edgegate.runtimes.alignment import missing as missing_alignment
 from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
@@ -245,7 +246,7 @@ class Session:
         align = None
         if word_timestamps:
             if self.alignment is None:
-                raise BundleError(NO_ALIGNMENT.format(path=self.bundle.path))
+                raise missing_alignment(self.bundle)
             align = self.alignment.aligner(self.runner_list(keep), lambda w: self.decoder_state(w, keep),
                                            self.backend.max_step_tokens, self.backend.max_batch)
         return ModelPorts(lambda mel: self.encode(mel, keep), lambda w: self.decoder_state(w, keep), self.tokenizer,
@@ -280,7 +281,7 @@ class Session:
         ctx = self.resolve_audio_ctx(audio_ctx)
         opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
         if word_timestamps and self.alignment is None:
-            raise BundleError(NO_ALIGNMENT.format(path=self.bundle.path))
+            raise missing_alignment(self.bundle)
         spec = self.budget if budget is None else self._as_budget(self.bundle, budget)
 
         def planner(request: RequestFeatures | None) -> tuple[ModelPorts, list[bool], dict]:

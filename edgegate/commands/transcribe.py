@@ -146,10 +146,10 @@ def _bundle_transcriber(args: argparse.Namespace, opts: dict[str, Any]) -> Trans
     session = Session.load(args.bundle, backend=args.backend, budget=args.budget, threads=args.threads)
     if args.language is not None:  # fail once, before reading any file
         session.tokenizer.normalize_language(args.language)
-    if args.word_timestamps and session.alignment is None:
-        from edgegate.runtimes.alignment import NO_ALIGNMENT
+    if args.word_timestamps and session.alignment is None:  # fail once, before reading any file
+        from edgegate.runtimes.alignment import missing
 
-        raise EdgegateError(NO_ALIGNMENT.format(path=args.bundle))
+        raise missing(session.bundle)
     return lambda path: session.transcribe(path, **opts)
 
 
