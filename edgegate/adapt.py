@@ -68,6 +68,8 @@ class AdaptConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     margin: tuple[int, int] = (16, 64)  # encoder positions added to the real frames
+    p_full: float = 0.0  # share of utterances the student sees on the full 30-s window, as the teacher does:
+    # without it the full-context path drifts (step 3,000 of edge1: 11 -> 17 real-clip word errors at full context)
     drop_scope: str = "decoder"
     drop_max: float = 0.5  # per-utterance drop probability ~ U(0, drop_max) ...
     p_dense: float = 0.4  # ... on all but this share of utterances, which run dense
@@ -96,8 +98,8 @@ class AdaptConfig:
             raise AdaptError(f"unknown --drop-scope {self.drop_scope!r}: use one of {', '.join(DROP_SCOPES)}")
         if self.train not in TRAIN_SETS:
             raise AdaptError(f"unknown --train {self.train!r}: use one of {', '.join(TRAIN_SETS)}")
-        if not (0.0 <= self.drop_max < 1.0) or not (0.0 <= self.p_dense <= 1.0):
-            raise AdaptError("--drop-max must be in [0, 1) and --p-dense in [0, 1]")
+        if not (0.0 <= self.drop_max < 1.0) or not (0.0 <= self.p_dense <= 1.0) or not (0.0 <= self.p_full <= 1.0):
+            raise AdaptError("--drop-max must be in [0, 1), --p-dense and --p-full in [0, 1]")
         for name in ("steps", "checkpoint_every", "log_every", "max_tokens", "repeat"):
             if getattr(self, name) < 1:
                 raise AdaptError(f"--{name.replace('_', '-')} must be >= 1: got {getattr(self, name)}")
@@ -264,7 +266,8 @@ def targets_for(item: Item, cache: TeacherCache, teacher: Whisper, tokenizer, cf
 
 def student_input(samples: np.ndarray, cfg: AdaptConfig, n_mels: int, rng: np.random.Generator
                   ) -> tuple[np.ndarray, int]:
-    """Augmented audio -> the trimmed mel the student sees (real frames + a random margin)."""
+    """Augmented audio -> the mel the student sees: real frames + a random margin, or on ``p_full`` of the
+    utterances the whole 30-s window (margin reported as -1)."""
     from edgegate.data.augment import Augmenter
     from edgegate.plan import encoder_frames
 
@@ -272,6 +275,8 @@ def student_input(samples: np.ndarray, cfg: AdaptConfig, n_mels: int, rng: np.ra
         samples = Augmenter(rng).apply(samples)
     mel, n_frames = window_mel(samples, n_mels)
     margin = int(rng.integers(cfg.margin[0], cfg.margin[1] + 1))
+    if cfg.p_full > 0 and rng.random() < cfg.p_full:  # drawn only when asked: older runs resume identically
+        return mel, -1
     return mel[:, :encoder_frames(n_frames, margin)], margin
 
 
@@ -367,7 +372,9 @@ def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float]
         keep = draw_mask(run.student, cfg, rng)
         loss, info = student_loss(run.student, mel, targets, keep, cfg.kl_weight)
         loss.backward()
-        info.update(margin=margin, dropped=0 if keep is None else keep.count(False))
+        info.update(full=float(margin < 0), dropped=0 if keep is None else keep.count(False))
+        if margin >= 0:
+            info["margin"] = margin
     plist = list(run.params.values())
     count = average_gradients(plist, int(usable), run.dist)
     if count:
@@ -449,7 +456,7 @@ def _record(step: int, cfg: AdaptConfig, window: list[dict], count: int, cached:
     done = [w for w in window if w]
     rec: dict = {"step": step + 1, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1), "used": len(done),
                  "of": len(window), "ranks_last": count}
-    for key in ("hidden", "last", "agree", "kl", "margin", "dropped"):
+    for key in ("hidden", "last", "agree", "kl", "margin", "full", "dropped"):
         vals = [w[key] for w in done if key in w]
         if vals:
             rec[key] = round(float(np.mean(vals)), 5)

@@ -80,6 +80,20 @@ def test_dynamic_context_loss_falls(corpus, tiny_pt, tokenizer, tmp_path):
     check_adapted_model_loads(out, tiny_pt)
 
 
+def test_p_full_shows_the_student_the_whole_window(corpus, tiny_pt, tokenizer, tmp_path):
+    from edgegate.adapt import student_input
+
+    c = replace(cfg(corpus, tmp_path, tiny_pt), p_full=0.5, augment=False)
+    samples = np.zeros(16000 * 2, dtype=np.float32)
+    seen = [student_input(samples, c, 80, np.random.default_rng(i)) for i in range(40)]
+    full = [mel.shape[-1] for mel, margin in seen if margin < 0]
+    trimmed = [mel.shape[-1] for mel, margin in seen if margin >= 0]
+    assert 8 <= len(full) <= 32 and set(full) == {3000}
+    assert max(trimmed) < 3000
+    c0 = replace(c, p_full=0.0)
+    assert all(m >= 0 for _, m in (student_input(samples, c0, 80, np.random.default_rng(i)) for i in range(20)))
+
+
 def check_adapted_model_loads(out: Path, tiny_pt: Path) -> None:
     """The adapt directory is a model: base + delta, the context rule, and a SHA-256-checked delta."""
     from safetensors.torch import load_file
@@ -137,6 +151,7 @@ def test_resume_refuses_a_mismatched_run(corpus, tiny_pt, tokenizer, tmp_path):
     (dict(margin=(64, 16)), "margin"),
     (dict(drop_scope="middle"), "drop-scope"),
     (dict(drop_max=1.5), "drop-max"),
+    (dict(p_full=1.2), "p-full"),
     (dict(manifests=[]), "no manifest"),
 ])
 def test_bad_settings_are_one_line_errors(corpus, tiny_pt, tmp_path, change, message):

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="modules that may be dropped at random (default decoder)")
     p.add_argument("--drop-max", type=float, default=0.5,
                    help="per-utterance drop probability is drawn from U(0, DROP_MAX) (default 0.5)")
+    p.add_argument("--p-full", type=float, default=0.0,
+                   help="share of utterances the student sees on Whisper's full 30-s window, which keeps the "
+                        "full-context path from drifting (default 0; ~0.15 costs ~1.5x per step)")
     p.add_argument("--p-dense", type=float, default=0.4,
                    help="share of utterances that run with no drops (default 0.4)")
     p.add_argument("--train", choices=("blocks", "encoder"), default="blocks",
@@ -79,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
     return AdaptConfig(
         manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
-        drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, train=args.train,
+        drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, p_full=args.p_full, train=args.train,
         kl_weight=args.kl_weight,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
