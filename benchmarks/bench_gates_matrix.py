@@ -29,7 +29,7 @@ from common import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
-REAL_SET = "librivox"
+REAL_SET = "librivox"  # the real-speech set (the 10 pocketsphinx clips or its 5 LibriVox ones)
 
 
 def parse_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
@@ -39,6 +39,26 @@ def parse_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
         if not sep or not label or not path:
             raise SystemExit(f"error: bad --{what} {it!r}: pass LABEL=PATH")
         out.append((label, path))
+    return out
+
+
+def word_error_counts(utts: list[dict], budget: float) -> dict:
+    """Word errors counted over whole sets at one budget: the real set's, and the synthetic transcribe items'
+    summed over languages (a corpus WER: one word is one word, whatever its language's share)."""
+    from edgegate.textnorm import word_errors
+
+    out = {"real_errors": 0, "real_words": 0, "synthetic_errors": 0, "synthetic_words": 0}
+    by_lang: dict[tuple[bool, str], list[dict]] = {}
+    for u in utts:
+        if u["budget"] == budget and u["task"] == "transcribe" and u["reference"]:
+            by_lang.setdefault((u["set"] == REAL_SET, u["lang"]), []).append(u)
+    for (real, lang), us in by_lang.items():
+        e, n = word_errors([u["reference"] for u in us], [u["hypothesis"] for u in us], lang)
+        key = "real" if real else "synthetic"
+        out[f"{key}_errors"] += e
+        out[f"{key}_words"] += n
+    out["synthetic_wer_corpus"] = round(100 * out["synthetic_errors"] / out["synthetic_words"], 2) \
+        if out["synthetic_words"] else None
     return out
 
 
@@ -78,6 +98,7 @@ def summarize_set(report: dict, budgets: list[float]) -> list[dict]:
             "kept_modules": round(float(np.mean([u["kept"] for u in us])), 2),
             "latency_s": round(lat, 4),
             "latency_vs_dense": None if not dense_lat else round(lat / dense_lat, 3),
+            **word_error_counts(utts, b),
         })
     return rows
 
@@ -102,8 +123,9 @@ def task_keep_diff(report: dict, budgets: list[float], min_diff: float = 0.02) -
 
 
 def format_matrix(results: dict) -> str:
-    head = ("| gate set | ctx | budget | LibriVox WER % | vs dense | synthetic WER % (median) | synthetic BLEU "
-            "| skipped gateable FLOPs | skipped model FLOPs | kept | latency s | vs dense |")
+    head = ("| gate set | ctx | budget | real WER % | real word errors | vs dense | synthetic WER % (median) "
+            "| synthetic WER % (corpus) | synthetic BLEU | skipped gateable FLOPs | skipped model FLOPs | kept "
+            "| latency s | vs dense |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def f(v, spec=".1f"):
@@ -113,8 +135,10 @@ def format_matrix(results: dict) -> str:
         ctx = "full" if res["audio_ctx"] is None else f"+{res['audio_ctx']}"
         for r in res["rows"]:
             lines.append(
-                f"| {label} | {ctx} | {r['budget']:g} | {f(r['librivox_wer'])} | {f(r['librivox_wer_vs_dense'])} | "
-                f"{f(r['synthetic_wer_median'])} | {f(r['synthetic_bleu_mean'])} | "
+                f"| {label} | {ctx} | {r['budget']:g} | {f(r['librivox_wer'])} | "
+                f"{r.get('real_errors', '-')} / {r.get('real_words', '-')} | {f(r['librivox_wer_vs_dense'])} | "
+                f"{f(r['synthetic_wer_median'])} | {f(r.get('synthetic_wer_corpus'))} | "
+                f"{f(r['synthetic_bleu_mean'])} | "
                 f"{f(None if r['skipped_gated_flops'] is None else 100 * r['skipped_gated_flops'])}% | "
                 f"{f(None if r['skipped_model_flops'] is None else 100 * r['skipped_model_flops'])}% | "
                 f"{r['kept_modules']:.1f} | {r['latency_s']:.2f} | {f(r['latency_vs_dense'], '.2f')} |")
