@@ -36,6 +36,7 @@ from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
 from edgegate.runtimes.execution import GraphDecoderState, RunnerList, run_window, runner_list
+from edgegate.runtimes.family import load_frontend, load_tokenizer, transcribe_owsm
 from edgegate.runtimes.latency import measured_ms
 from edgegate.tokenizer import TASKS, WhisperTokenizer
 
@@ -55,6 +56,7 @@ class Session:
         self.adapters = adapters  # gate name -> skip adapter
         self.predictor = predictor
         self.budget = budget
+        self.frontend: Any = None  # the family's numpy frontend when it is not Whisper's (Session.load sets it)
         self.dims: dict[str, int] = dict(bundle.dims)
         self.limits = bundle.limits
         self.gate_names: list[str] = bundle.gate_names
@@ -94,7 +96,7 @@ class Session:
                             precision=profile.get("precision", "fp32"),
                             device=device or profile.get("device", "auto"), options=options)
         be.prepare(b.path, b.graphs(), b.axis_bounds(be.max_batch, be.max_step_tokens))
-        tokenizer = WhisperTokenizer.from_file(b.tokenizer_file)
+        tokenizer = load_tokenizer(b)  # the model family's (runtimes/family.py)
         modules: dict[str, Module] = {}
         adapters: dict[str, Module] = {}
         for m in b.modules:
@@ -103,7 +105,9 @@ class Session:
                 adapters[m.gate] = be.load(b.path / m.adapter, m.adapter_graph.name, m.adapter_method)
         pred = b.predictor
         predictor = be.load(b.path / pred["file"], "predictor", pred.get("method")) if pred else None
-        return cls(b, be, tokenizer, modules, adapters, predictor, default_budget)
+        session = cls(b, be, tokenizer, modules, adapters, predictor, default_budget)
+        session.frontend = load_frontend(b)  # None: Whisper's log-mel (edgegate.frontend)
+        return session
 
     @staticmethod
     def _default_budget(b: Bundle, budget: float | Budget | None) -> Budget | None:
@@ -214,6 +218,8 @@ class Session:
         the kept modules; ``result.timings`` has frontend, predictor (predictor + planning),
         encoder (+ cross K/V), decoder and total seconds.
         """
+        if self.frontend is not None:  # OWSM: its own fixed windows, same runner lists and decoding
+            return transcribe_owsm(self, audio, sample_rate, language, task, beam_size, mask, budget)
         t0 = time.perf_counter()
         if mask is not None and budget is not None:
             raise BudgetError("pass either mask or budget, not both")
