@@ -162,7 +162,8 @@ def predictor_entry(graph: GraphSpec, predictor: nn.Module, pred_meta: dict[str,
         **entry, "config": cfg.to_dict(), "meta": pred_meta,
         "stats": "per-mel-bin mean then population std over the real (unpadded) log-mel frames",
         "lang": "0 = unknown / auto-detect, else 1 + index in language_codes",
-        "language_codes": gate_set.get("language_codes") or default_language_codes(cfg.n_languages),
+        "language_codes": (gate_set.get("language_codes") or pred_meta.get("language_codes")
+                           or default_language_codes(cfg.n_languages)),
         "task": "0 = transcribe, 1 = translate",
         "planning": "edgegate.plan: FLOPs of the cost terms at the utterance's encoder positions (after audio_ctx) "
                     "and estimate_tokens(duration) decoder positions",

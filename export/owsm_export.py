@@ -61,6 +61,8 @@ def load_owsm_gates(gates: str | Path | nn.Module | None, ckpt: OwsmCheckpoint
     if (meta.get("gate_set") or {}).get("audio_ctx") is not None:
         raise ModelError("this gate set trims the encoder context (audio_ctx), which OWSM does not support; "
                          "retrain it with --audio-ctx none")
+    # The predictor's language index counts the model's own codes (OWSM's ISO 639-3 tokens), not Whisper's.
+    meta = {**meta, "language_codes": ckpt.tokenizer.language_codes[: cfg.n_languages]}
     return pred.eval(), meta
 
 

@@ -121,7 +121,12 @@ def _runtime(args: argparse.Namespace):
     from edgegate.evaluation import request_cost_fn
 
     # FLOPs from the bundle's own cost terms and context margin, counted as for the PyTorch model.
-    return transcribe_fn, list(sess.gate_names), request_cost_fn(sess.costs, sess.always_on_flops, sess.audio_ctx)
+    gate_costs, always_on = sess.costs, sess.always_on_flops
+    if sess.frontend is not None:  # OWSM runs full windows: its costs are at the window's encoder positions
+        full = sess.limits.encoder_positions
+        gate_costs = lambda _p, n, **k: sess.costs(full, n, **k)  # noqa: E731
+        always_on = lambda _p, n: sess.always_on_flops(full, n)  # noqa: E731
+    return transcribe_fn, list(sess.gate_names), request_cost_fn(gate_costs, always_on, sess.audio_ctx)
 
 
 def main(argv: list[str] | None = None) -> int:
