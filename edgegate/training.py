@@ -151,17 +151,14 @@ def _labelled_examples(cfg: TrainConfig, model: Whisper, tokenizer, entries, out
     return examples
 
 
-def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
-    """Read the data, label it, build the student, the predictor and the optimiser (seeded)."""
+def training_inputs(cfg: TrainConfig, model: Whisper | None = None, tokenizer=None, entries=None):
+    """(model, tokenizer, entries, OWSM inputs or None) of ``cfg``: the manifest's entries, a Whisper by
+    name or path, or an OWSM checkpoint directory (its features and language codes, entries in its codes)."""
     from edgegate.data.manifest import read_manifest
     from edgegate.models.loaders import load_whisper
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
 
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dist, rank, world = data_parallel()
     if entries is None:
         entries = read_manifest(cfg.manifest)
     owsm = None
@@ -172,6 +169,16 @@ def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
         path = resolve_model(cfg.model)
         model = model or load_whisper(path)
         tokenizer = tokenizer or WhisperTokenizer.from_file(tokenizer_path(path))
+    return model, tokenizer, entries, owsm
+
+
+def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
+    """Read the data, label it, build the student, the predictor and the optimiser (seeded)."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist, rank, world = data_parallel()
+    model, tokenizer, entries, owsm = training_inputs(cfg, model, tokenizer, entries)
     check_entries(entries, tokenizer, cfg.manifest)
     out = Path(cfg.out)
     if rank == 0:

@@ -123,3 +123,19 @@ def test_unsupported_training_settings_are_one_line_errors(corpus, tmp_path, cap
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
+
+
+def test_ablate_measures_owsm_modules_and_compares_the_branches(corpus, tmp_path, capsys):
+    out = tmp_path / "ablation.json"
+    assert main(["ablate", "--manifest", str(corpus / "m.jsonl"), "--model", str(MODEL), "--audio-ctx", "none",
+                 "--keep-unfinished", "--max-tokens", "8", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    result = json.loads(out.read_text())
+    mods = result["modules"]
+    assert len(mods) == 14 and result["utterances"] == 4
+    assert all(m["damage"] >= 0 for m in mods.values()) and max(m["damage"] for m in mods.values()) > 1e-3
+    overall = result["branches"]["overall"]
+    for kind in ("attn", "cgmlp"):  # the branch summary is the mean over the encoder layers' branches
+        assert overall[kind] == pytest.approx((mods[f"encoder.0.{kind}"]["damage"] + mods[f"encoder.1.{kind}"]
+                                               ["damage"]) / 2, abs=2e-5)
+    assert {"eng/transcribe", "deu/transcribe", "fra/translate"} == set(result["branches"]["per_group"])
+    assert "branches (mean damage)" in capsys.readouterr().out
