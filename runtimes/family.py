@@ -127,7 +127,7 @@ def transcribe_owsm(session: Session, audio: str | Path | np.ndarray, sample_rat
     windows = OwsmWindows(to_samples(audio, sample_rate), session.frontend)
     windows.features  # noqa: B018 -- computed (and timed) before planning, which reads them
     t1 = time.perf_counter()
-    planner = owsm_session_planner(session)
+    planner = session.planner  # owsm_session_planner's, set by Session.load
     if mask is not None:
         plan = planner.fixed(mask, windows.request, None)
     else:

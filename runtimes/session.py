@@ -36,7 +36,7 @@ from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
 from edgegate.runtimes.execution import GraphDecoderState, RunnerList, run_window, runner_list
-from edgegate.runtimes.family import load_frontend, load_tokenizer, transcribe_owsm
+from edgegate.runtimes.family import load_frontend, load_tokenizer, owsm_session_planner, transcribe_owsm
 from edgegate.runtimes.latency import measured_ms
 from edgegate.tokenizer import TASKS, WhisperTokenizer
 
@@ -107,6 +107,8 @@ class Session:
         predictor = be.load(b.path / pred["file"], "predictor", pred.get("method")) if pred else None
         session = cls(b, be, tokenizer, modules, adapters, predictor, default_budget)
         session.frontend = load_frontend(b)  # None: Whisper's log-mel (edgegate.frontend)
+        if session.frontend is not None:  # OWSM plans at its full window's encoder positions
+            session.planner = owsm_session_planner(session)
         return session
 
     @staticmethod
