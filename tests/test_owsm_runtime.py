@@ -176,3 +176,44 @@ def test_executorch_bundle_gives_the_same_tokens(model, wave, tmp_path):
         mask = _mask(model.gate_names, MASKS[key])
         assert session.transcribe(wave, language="eng", mask=mask).tokens == \
             model.transcribe(wave, language="eng", mask=mask).tokens, key
+
+
+def test_export_refuses_a_predictor_of_another_shape(tmp_path):
+    from edgegate.errors import ModelError
+    from edgegate.predictor import GatePredictor, PredictorConfig
+
+    pred = GatePredictor(PredictorConfig(n_modules=5))
+    with pytest.raises(ModelError, match="14 gateable modules") as e:
+        export_bundle(tmp_path / "b", model=str(FIXTURE / "owsm_tiny"), gates=pred, progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+
+
+def test_export_refuses_a_skip_adapter_on_a_branch(tmp_path):
+    from edgegate.errors import ModelError
+    from edgegate.models.owsm_loader import load_owsm
+
+    ckpt = load_owsm(FIXTURE / "owsm_tiny")
+    ckpt.model.add_skip_adapters(4, ["encoder.0.ffn", "encoder.1.cgmlp"])
+    with pytest.raises(ModelError, match="encoder.1.cgmlp") as e:
+        export_bundle(tmp_path / "b", model=ckpt, progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_owsm_v31_base_shape_exports_inspects_and_profiles(tmp_path, capsys):
+    from edgegate.cli import main
+    from edgegate.models.owsm_random import write_random_checkpoint
+
+    bpe = FIXTURE / "owsm_tiny" / "data" / "token_list" / "bpe_unigram1600" / "bpe.model"
+    ckpt = write_random_checkpoint(tmp_path / "base", bpe)
+    out = tmp_path / "bundle"
+    assert main(["export", "--target", "cpu", "--model", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    assert main(["inspect", str(out), "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out.split("\n", 1)[1])["manifest"]
+    assert manifest["model"]["dims"]["d_model"] == 384 and manifest["execution"]["n_vocab"] == 50002
+    flops = {m["name"]: m["flops"] for m in manifest["modules"]}
+    assert len(manifest["gate_names"]) == 42 and 1.7e9 < flops["encoder.0.ffn"] < 1.8e9
+    assert main(["profile", str(out), "--threads", "1", "--repeats", "1", "--tokens", "2", "--no-progress"]) == 0
+    costs = json.loads((out / "manifest.json").read_text())["costs"]
+    assert set(costs["ms"]) == set(manifest["gate_names"]) and costs["ms_meta"]["frames"] == 749
+    assert all(v > 0 for v in costs["ms"].values())
