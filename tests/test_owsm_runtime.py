@@ -108,6 +108,14 @@ def test_runtime_matches_espnet_tensors(model, session, wave, ref, key):
     np.testing.assert_allclose(logits, ref[f"logits_{key}"], atol=TOL, rtol=0)
 
 
+def test_beam_search_equals_the_pytorch_model(model, session, wave):
+    mask = _mask(model.gate_names, MASKS["mask_cgmlp"])
+    for beam in (2, 3):  # the caches follow the beams; the source K/V broadcast over them
+        ours = session.transcribe(wave, language="eng", beam_size=beam, mask=mask).tokens
+        assert ours == model.transcribe(wave, language="eng", beam_size=beam, mask=mask).tokens, beam
+    assert ours != model.transcribe(wave, language="eng", mask=mask).tokens  # beam search is not greedy here
+
+
 def test_both_branches_skipped_skips_the_merge(model, session):
     runners = session.runner_list(np.array(_mask(model.gate_names, MASKS["both_branches"])))
     names = [r.name for r in runners.per_window]
