@@ -139,3 +139,9 @@ def test_ablate_measures_owsm_modules_and_compares_the_branches(corpus, tmp_path
                                                ["damage"]) / 2, abs=2e-5)
     assert {"eng/transcribe", "deu/transcribe", "fra/translate"} == set(result["branches"]["per_group"])
     assert "branches (mean damage)" in capsys.readouterr().out
+
+
+def test_eval_of_owsm_gates_on_pytorch_points_to_the_bundle(gates, corpus, tmp_path, capsys):
+    assert main(["eval", "--gates", str(gates), "--manifest", str(corpus / "m.jsonl"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "OWSM checkpoint" in err and "edgegate eval --bundle" in err and "\n" not in err
