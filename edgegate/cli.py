@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "train_gates",
     "adapt",
     "eval",
+    "ablate",
 ]
 
 

@@ -120,7 +120,8 @@ def build_student(model: Whisper, cfg: TrainConfig) -> Student:
     lora = teacher = None
     encoder_frozen = True
     if cfg.adapt == "skip-adapters":
-        model.add_skip_adapters(cfg.adapter_rank, scoped)
+        # A family may allow adapters on fewer modules (OWSM: not on the branches of a merge).
+        model.add_skip_adapters(cfg.adapter_rank, getattr(model, "adapter_names", list)(scoped))
         trainable = list(model.skip_adapters.parameters())
     elif cfg.adapt == "lora":
         lora = LoRA(model, scoped, cfg.lora_rank)

@@ -49,8 +49,12 @@ def teacher_tokens(model: Whisper, tokenizer, mel: torch.Tensor, lang: str, task
 
 
 def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_path: Path | None,
-                  rank: int = 0, world: int = 1, progress: bool = False) -> list[Example]:
-    """Features and teacher labels for every manifest entry (labels cached in ``cache_path``)."""
+                  rank: int = 0, world: int = 1, progress: bool = False, features=None) -> list[Example]:
+    """Features and teacher labels for every manifest entry (labels cached in ``cache_path``).
+
+    ``features(samples) -> (encoder input, stats, planning costs)`` is the model family's (None:
+    Whisper's trimmed log-mel; OWSM's is ``edgegate.models.owsm_training.window_features``).
+    """
     from edgegate.audio import load_audio
 
     fp = model_fingerprint(model)
@@ -64,17 +68,20 @@ def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_pa
     todo: list[int] = []
     keys: list[str] = []
     feats = []
-    planner = Planner(model.gate_names, flop_costs(model.dims))
+    planner = Planner(model.gate_names, flop_costs(model.dims)) if features is None else None
     for i, e in enumerate(entries):
         samples = load_audio(e.audio)[: 30 * 16000]
-        features = MelFeatures.of(samples, model.dims.n_mels)
-        request = features.request
-        frames = planner.fixed(None, request, cfg.audio_ctx).encoder_frames
-        mel = torch.from_numpy(np.ascontiguousarray(features.mel[:, :frames]))
-        costs = planner.planning_costs(request, cfg.audio_ctx)
+        if features is not None:
+            feats.append(features(samples))
+        else:
+            mel_features = MelFeatures.of(samples, model.dims.n_mels)
+            request = mel_features.request
+            frames = planner.fixed(None, request, cfg.audio_ctx).encoder_frames
+            mel = torch.from_numpy(np.ascontiguousarray(mel_features.mel[:, :frames]))
+            costs = planner.planning_costs(request, cfg.audio_ctx)
+            feats.append((mel, torch.from_numpy(request.stats), torch.from_numpy(costs).float()))
         key = f"{fp}|{cfg.audio_ctx}|{cfg.max_tokens}|{e.lang}|{e.task}|{e.audio}"
         keys.append(key)
-        feats.append((mel, torch.from_numpy(request.stats), torch.from_numpy(costs).float()))
         if key not in cache:
             todo.append(i)
     # Teacher labels: each rank labels its share; the shares are exchanged when running DDP.

@@ -39,6 +39,7 @@ import torch
 
 from edgegate.adaptation import ADAPTERS_FILE, LORA_FILE, MODEL_FILE, save_adapters, save_finetuned, save_lora
 from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec
+from edgegate.models.owsm_training import is_owsm_training, owsm_training_inputs
 from edgegate.models.whisper import Whisper
 from edgegate.plan import default_language_codes, language_index, task_index
 from edgegate.predictor import (
@@ -133,12 +134,12 @@ class _Run:
 
 
 def _labelled_examples(cfg: TrainConfig, model: Whisper, tokenizer, entries, out: Path, rank: int,
-                       world: int) -> list[Example]:
+                       world: int, features=None) -> list[Example]:
     """The utterances with teacher labels; those the dense model did not finish are left out."""
     torch.manual_seed(cfg.seed)
     model.eval()
     examples = load_examples(entries, model, tokenizer, cfg, out / "teacher_cache.json", rank, world,
-                             progress=cfg.progress and rank == 0)
+                             progress=cfg.progress and rank == 0, features=features)
     dropped = [e for e in examples if not e.finished] if cfg.drop_unfinished else []
     examples = [e for e in examples if e.finished or not cfg.drop_unfinished]
     if dropped and rank == 0:
@@ -150,32 +151,44 @@ def _labelled_examples(cfg: TrainConfig, model: Whisper, tokenizer, entries, out
     return examples
 
 
-def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
-    """Read the data, label it, build the student, the predictor and the optimiser (seeded)."""
+def training_inputs(cfg: TrainConfig, model: Whisper | None = None, tokenizer=None, entries=None):
+    """(model, tokenizer, entries, OWSM inputs or None) of ``cfg``: the manifest's entries, a Whisper by
+    name or path, or an OWSM checkpoint directory (its features and language codes, entries in its codes)."""
     from edgegate.data.manifest import read_manifest
     from edgegate.models.loaders import load_whisper
     from edgegate.models.registry import resolve_model, tokenizer_path
     from edgegate.tokenizer import WhisperTokenizer
 
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dist, rank, world = data_parallel()
     if entries is None:
         entries = read_manifest(cfg.manifest)
+    owsm = None
+    if model is None and is_owsm_training(cfg.model):  # another family: its model, features, codes
+        owsm = owsm_training_inputs(cfg, entries)
+        model, tokenizer, entries = owsm.model, owsm.tokenizer, owsm.entries
     if model is None or tokenizer is None:
         path = resolve_model(cfg.model)
         model = model or load_whisper(path)
         tokenizer = tokenizer or WhisperTokenizer.from_file(tokenizer_path(path))
+    return model, tokenizer, entries, owsm
+
+
+def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
+    """Read the data, label it, build the student, the predictor and the optimiser (seeded)."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist, rank, world = data_parallel()
+    model, tokenizer, entries, owsm = training_inputs(cfg, model, tokenizer, entries)
     check_entries(entries, tokenizer, cfg.manifest)
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if dist:
         dist.barrier()
-    examples = _labelled_examples(cfg, model, tokenizer, entries, out, rank, world)
+    examples = _labelled_examples(cfg, model, tokenizer, entries, out, rank, world,
+                                  None if owsm is None else owsm.features)
     st = build_student(model, cfg)
-    codes = default_language_codes()
+    codes = default_language_codes() if owsm is None else owsm.codes
     pcfg = PredictorConfig(n_modules=len(st.names), n_mels=model.dims.n_mels, n_languages=len(codes),
                            hidden=cfg.hidden)
     torch.manual_seed(cfg.seed)

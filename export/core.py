@@ -17,6 +17,7 @@ import datetime as _dt
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,7 +162,8 @@ def predictor_entry(graph: GraphSpec, predictor: nn.Module, pred_meta: dict[str,
         **entry, "config": cfg.to_dict(), "meta": pred_meta,
         "stats": "per-mel-bin mean then population std over the real (unpadded) log-mel frames",
         "lang": "0 = unknown / auto-detect, else 1 + index in language_codes",
-        "language_codes": gate_set.get("language_codes") or default_language_codes(cfg.n_languages),
+        "language_codes": (gate_set.get("language_codes") or pred_meta.get("language_codes")
+                           or default_language_codes(cfg.n_languages)),
         "task": "0 = transcribe, 1 = translate",
         "planning": "edgegate.plan: FLOPs of the cost terms at the utterance's encoder positions (after audio_ctx) "
                     "and estimate_tokens(duration) decoder positions",
@@ -201,19 +203,20 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
                 gates: str | Path | nn.Module | None, budget: float | None, scope: str | None, force: bool,
                 progress: bool, tokenizer: str | Path | None, log: Callable[[str], None]) -> Path:
     """Write a bundle for ``profile`` with ``target``; see :func:`export_bundle` for the arguments."""
-    from edgegate.export.whisper_graphs import alignment_jobs, alignment_section, family_manifest, module_jobs
+    from edgegate.export.whisper_graphs import alignment_section
 
-    whisper, tok_path, model_name, predictor, pred_meta, the_budget = load_export_inputs(
-        model, tokenizer, gates, profile, budget, scope)
+    family = _family(model, tokenizer, gates, profile, budget, scope)
+    whisper, model_name, predictor, pred_meta, the_budget = (family.model, family.name, family.predictor,
+                                                             family.pred_meta, family.budget)
     out = Path(out) if out is not None else default_out(model_name, profile)
-    jobs = module_jobs(whisper)
+    jobs = family.jobs()
     graphs = [g for j in jobs for g in (j.graph, j.adapter) if g is not None]
     if predictor is not None:
         graphs.append(predictor_job(predictor, len(whisper.gate_names)))
-    # Word-timestamp alignment graphs (run only when asked for): ONNX bundles for now.
-    align_jobs, align_meta = alignment_jobs(whisper, model_name) if target.format == "onnx" else ([], None)
+    # Word-timestamp alignment graphs (run only when asked for): ONNX bundles of families that have them.
+    align_jobs, align_meta = family.alignment() if family.alignment and target.format == "onnx" else ([], None)
     graphs += align_jobs
-    manifest = family_manifest(whisper, model_name)
+    manifest = family.manifest()
     bar, tick = _progress(target.steps(graphs), f"export {profile.name} ({target.format})", progress)
     with BundleWriter(out, force=force) as w:
         try:
@@ -227,7 +230,7 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
             "predictor": None if predictor is None else predictor_entry(written[PREDICTOR], predictor, pred_meta,
                                                                         gates),
             "alignment": None if align_meta is None else alignment_section(align_meta, written),
-            "tokenizer": _tokenizer_entry(w, tok_path),
+            "tokenizer": family.files(w),
             "profile": profile.to_dict(),
             "budget": the_budget.to_dict() if predictor is not None else None,
             **target.sections(),
@@ -241,6 +244,36 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     log(f"wrote {path} ({len(w.files)} files, {total / 1e6:.1f} MB, {len(graphs)} graphs, target {profile.name}, "
         f"{'predictor' if predictor is not None else 'no predictor: dense unless a mask is given'})")
     return path
+
+
+@dataclass
+class FamilyExport:
+    """What the core needs of a model family: the loaded inputs and how to lay out their bundle."""
+
+    model: nn.Module  # has gate_names
+    name: str
+    predictor: nn.Module | None
+    pred_meta: dict[str, Any]
+    budget: Budget
+    jobs: Callable[[], list[ModuleJob]]
+    manifest: Callable[[], dict[str, Any]]
+    files: Callable[[BundleWriter], dict[str, Any]]  # writes tokenizer (and frontend) files; the tokenizer entry
+    alignment: Callable[[], tuple[list[GraphJob], dict[str, Any]]] | None = None  # word-timestamp graphs
+
+
+def _family(model: Any, tokenizer: str | Path | None, gates: Any, profile: DeviceProfile, budget: float | None,
+            scope: str | None) -> FamilyExport:
+    from edgegate.export import owsm_export
+
+    if owsm_export.is_owsm(model):
+        return owsm_export.family_export(model, gates, profile, budget, scope)
+    from edgegate.export.whisper_graphs import alignment_jobs, family_manifest, module_jobs
+
+    whisper, tok_path, name, predictor, pred_meta, the_budget = load_export_inputs(
+        model, tokenizer, gates, profile, budget, scope)
+    return FamilyExport(whisper, name, predictor, pred_meta, the_budget, lambda: module_jobs(whisper),
+                        lambda: family_manifest(whisper, name), lambda w: _tokenizer_entry(w, tok_path),
+                        lambda: alignment_jobs(whisper, name))
 
 
 def _tokenizer_entry(w: BundleWriter, tok_path: Path) -> dict[str, Any]:
@@ -287,10 +320,10 @@ def check_request(profile: DeviceProfile, out: str | Path | None, model: str | P
     if budget is not None and float(budget) > 0 and gates is None:
         raise BudgetError(f"--budget {budget} needs a gate predictor to rank modules: export with --gates PATH "
                           "(or drop --budget for a dense bundle)")
-    model_name = "custom" if isinstance(model, Whisper) else str(model)
+    model_name = str(model) if isinstance(model, (str, Path)) else "custom"
     target = Path(out) if out is not None else default_out(model_name, profile)
     BundleWriter.check_target(target.expanduser().resolve(), force)
 
 
 __all__ = ["export_bundle", "export_with", "check_request", "load_model", "load_gates", "load_export_inputs",
-           "predictor_job", "predictor_entry", "module_spec", "default_out", "Target", "PREDICTOR"]
+           "predictor_job", "predictor_entry", "module_spec", "default_out", "Target", "PREDICTOR", "FamilyExport"]

@@ -39,6 +39,7 @@ from edgegate.budget import Budget
 from edgegate.cost_model import CostTerms
 from edgegate.errors import BudgetError, BundleError
 from edgegate.files import sha256_file
+from edgegate.runtimes.family import family_files, validate_family
 from edgegate.runtimes.schema import (
     FORMAT,
     MANIFEST,
@@ -156,12 +157,7 @@ class Bundle:
 
     def _validate_sections(self, names: list[str]) -> None:
         m = self.manifest
-        tok = as_dict(m.get("tokenizer"), "tokenizer")
-        as_str(tok.get("file"), "tokenizer.file")
-        front = as_dict(m.get("frontend"), "frontend")
-        as_choice(front.get("type"), "frontend.type", ("whisper-log-mel",))
-        if as_int(front.get("n_mels"), "frontend.n_mels", 1, 1024) != self.limits.n_mels:
-            raise fail("frontend.n_mels", "differs from execution.n_mels")
+        validate_family(m, self.limits.n_mels)  # frontend and tokenizer of the model's family
         dims = as_dict(as_dict(m.get("model"), "model").get("dims"), "model.dims")
         for k, v in dims.items():
             as_int(v, f"model.dims[{show(k)}]")
@@ -229,7 +225,7 @@ class Bundle:
                 raise fail(f"files[{show(rel)}].sha256", f"must be 64 hex digits, got {show(entry.get('sha256'))}")
             as_int(entry.get("bytes"), f"files[{show(rel)}].bytes")
         needed = [(g.file, f"graph {g.name}") for g in self.graphs()]
-        needed.append((self.manifest["tokenizer"]["file"], "tokenizer"))
+        needed += family_files(self.manifest)
         for rel, what in needed:
             _inside(self.path, rel, what)
             if rel not in files:

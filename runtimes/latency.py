@@ -125,7 +125,9 @@ def _random_inputs(session: Session, runners: RunnerList, n_frames: int, past: i
     def normal(*shape: int) -> np.ndarray:
         return (0.5 * rng.standard_normal(shape)).astype(np.float32)
 
-    mel = normal(1, limits.n_mels, limits.mel_frames_per_position * n_frames)
+    # Shaped as the graph that reads it declares (Whisper: (1, n_mels, frames); OWSM: (1, 3001, n_mels)).
+    spec = next(t for r in runners.per_window for t in r.inputs if t.value == "mel")
+    mel = normal(*[a if isinstance(a, int) else sizes[a] for a in spec.shape])
     state = {s.value: normal(*[a if isinstance(a, int) else sizes[a] for a in s.spec.shape]) for s in runners.state}
     token = np.array([[int(rng.integers(0, limits.n_vocab))]], dtype=np.int64)
     return mel, state, token
@@ -144,6 +146,11 @@ def measure_latency(session: Session, n_frames: int = 1500, n_tokens: int = 32, 
     n_tokens = _check_int(n_tokens, "tokens (decoder steps)", 1, limits.text_positions)
     repeats = _check_int(repeats, "repeats", 1)
     runners = session.runner_list(np.ones(len(session.gate_names), dtype=bool))
+    fixed = not any(isinstance(a, str) and a != "batch" for r in runners.per_window for t in r.inputs
+                    if t.value == "mel" for a in t.shape)
+    if fixed and n_frames != limits.encoder_positions:  # OWSM: every window is a full one
+        raise EdgegateError(f"this bundle's encoder always runs a full window of {limits.encoder_positions} "
+                            f"positions; profile with --frames {limits.encoder_positions} (or leave it out)")
     past = n_tokens // 2
     mel, state, token = _random_inputs(session, runners, n_frames, past, np.random.default_rng(0))
     timer = _Timer(session.adapters)

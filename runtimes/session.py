@@ -61,6 +61,7 @@ from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
 from edgegate.runtimes.execution import GraphDecoderState, RunnerList, run_window, runner_list
+from edgegate.runtimes.family import load_frontend, load_tokenizer, owsm_segments, owsm_session_planner, transcribe_owsm
 from edgegate.runtimes.latency import measured_ms
 from edgegate.tokenizer import TASKS, WhisperTokenizer
 
@@ -81,6 +82,7 @@ class Session:
         self.adapters = adapters  # gate name -> skip adapter
         self.predictor = predictor
         self.budget = budget
+        self.frontend: Any = None  # the family's numpy frontend when it is not Whisper's (Session.load sets it)
         self.dims: dict[str, int] = dict(bundle.dims)
         self.limits = bundle.limits
         self.gate_names: list[str] = bundle.gate_names
@@ -120,7 +122,7 @@ class Session:
                             precision=profile.get("precision", "fp32"),
                             device=device or profile.get("device", "auto"), options=options)
         be.prepare(b.path, b.graphs(), b.axis_bounds(be.max_batch, be.max_step_tokens))
-        tokenizer = WhisperTokenizer.from_file(b.tokenizer_file)
+        tokenizer = load_tokenizer(b)  # the model family's (runtimes/family.py)
         modules: dict[str, Module] = {}
         adapters: dict[str, Module] = {}
         for m in b.modules:
@@ -129,7 +131,11 @@ class Session:
                 adapters[m.gate] = be.load(b.path / m.adapter, m.adapter_graph.name, m.adapter_method)
         pred = b.predictor
         predictor = be.load(b.path / pred["file"], "predictor", pred.get("method")) if pred else None
-        return cls(b, be, tokenizer, modules, adapters, predictor, default_budget)
+        session = cls(b, be, tokenizer, modules, adapters, predictor, default_budget)
+        session.frontend = load_frontend(b)  # None: Whisper's log-mel (edgegate.frontend)
+        if session.frontend is not None:  # OWSM plans at its full window's encoder positions
+            session.planner = owsm_session_planner(session)
+        return session
 
     @staticmethod
     def _default_budget(b: Bundle, budget: float | Budget | None) -> Budget | None:
@@ -277,6 +283,9 @@ class Session:
         initial_prompt, prefix, best_of, thresholds, ...). ``info.plan`` has the mask, kept/skipped
         modules, encoder frames and budget; ``info.timings`` frontend, plan, encoder, decoder, total.
         """
+        if self.frontend is not None:  # OWSM: its own fixed windows (no timestamps or seeking yet)
+            return owsm_segments(self, audio, sample_rate, language, task, beam_size, mask, budget,
+                                 word_timestamps, vad_filter)
         language = self._check_request(language, task, mask, budget)
         ctx = self.resolve_audio_ctx(audio_ctx)
         opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
@@ -325,6 +334,8 @@ class Session:
         lists the kept modules; ``result.timings`` has frontend, predictor (predictor + planning),
         encoder (+ cross K/V), decoder and total seconds.
         """
+        if self.frontend is not None:  # OWSM: its own fixed windows, same runner lists and decoding
+            return transcribe_owsm(self, audio, sample_rate, language, task, beam_size, mask, budget)
         t0 = time.perf_counter()
         language = self._check_request(language, task, mask, budget)
         ctx = self.resolve_audio_ctx(audio_ctx)

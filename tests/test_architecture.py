@@ -128,6 +128,7 @@ def test_static_imports_of_the_runtime():
     assert set(torchy) - lazy_ok == set(), f"torch-side imports reached: {torchy}"
     # the walk sees what it should: the runtime does reach the shared numpy modules
     assert {"edgegate.plan", "edgegate.budget", "edgegate.pipeline", "edgegate.decoding"} <= set(reach)
+    assert {"edgegate.models.owsm_windows", "edgegate.frontend_owsm", "edgegate.tokenizer_owsm"} <= set(reach)
 
 
 def test_plan_imports_only_numpy_side_modules():
@@ -137,7 +138,9 @@ def test_plan_imports_only_numpy_side_modules():
 
 
 def test_runtime_imports_with_torch_and_the_pytorch_side_blocked():
-    mods = ", ".join(repr(m) for m in runtime_modules() + ["edgegate.plan", "edgegate.pipeline"])
+    # The OWSM bundle path (runtimes/family.py imports these lazily) is checked here too.
+    owsm = ["edgegate.models.owsm_windows", "edgegate.frontend_owsm", "edgegate.tokenizer_owsm"]
+    mods = ", ".join(repr(m) for m in runtime_modules() + ["edgegate.plan", "edgegate.pipeline"] + owsm)
     code = BLOCKER + textwrap.dedent(f'''
         import importlib
         for m in ({mods}):
@@ -161,8 +164,7 @@ def test_the_blocker_really_blocks():
 
 MODULE_NAME_FSTRING = re.compile(r'f"(encoder|decoder)\.\{')
 # Where a model family defines its names (and its cost table keyed by them), and where the manifest
-# writer lays out the modules. owsm_costs.py spells OWSM's names like Whisper's table did before its
-# cost terms: when OWSM gets its exporter (module graphs + cost terms), it iterates owsm_config.gate_names.
+# writer lays out the modules (OWSM's always-on names are spelled in owsm_config.py too).
 NAME_OWNERS = {"edgegate/models/whisper_layout.py", "export/whisper_graphs.py", "edgegate/models/owsm_config.py",
                "edgegate/models/owsm_costs.py"}
 

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from edgegate.gated import load_gated
 
+        _refuse_owsm(args)
         gw = load_gated(args.gates, model=args.model, threads=args.threads)
         ctx = _audio_ctx(args.audio_ctx, gw.audio_ctx)
 
@@ -91,6 +92,20 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
+
+
+def _refuse_owsm(args: argparse.Namespace) -> None:
+    """OWSM gates are evaluated on their bundle (the PyTorch side has no gated OWSM wrapper yet)."""
+    from edgegate.errors import EdgegateError
+    from edgegate.gate_set import GATES_FILE, GateSpec, is_gate_set, resolve_gates_dir
+    from edgegate.models.owsm_config import is_owsm_dir
+
+    model = args.model
+    if model is None and is_gate_set(args.gates):
+        model = GateSpec.read(resolve_gates_dir(args.gates) / GATES_FILE).model
+    if model is not None and is_owsm_dir(Path(model).expanduser()):
+        raise EdgegateError(f"{model} is an OWSM checkpoint: evaluate its gates on a bundle: edgegate export "
+                            f"--target cpu --model {model} --gates {args.gates} --out B, then edgegate eval --bundle B")
 
 
 def _audio_ctx(text: str, trained: int | None) -> int | None:
@@ -121,7 +136,12 @@ def _runtime(args: argparse.Namespace):
     from edgegate.evaluation import request_cost_fn
 
     # FLOPs from the bundle's own cost terms and context margin, counted as for the PyTorch model.
-    return transcribe_fn, list(sess.gate_names), request_cost_fn(sess.costs, sess.always_on_flops, sess.audio_ctx)
+    gate_costs, always_on = sess.costs, sess.always_on_flops
+    if sess.frontend is not None:  # OWSM runs full windows: its costs are at the window's encoder positions
+        full = sess.limits.encoder_positions
+        gate_costs = lambda _p, n, **k: sess.costs(full, n, **k)  # noqa: E731
+        always_on = lambda _p, n: sess.always_on_flops(full, n)  # noqa: E731
+    return transcribe_fn, list(sess.gate_names), request_cost_fn(gate_costs, always_on, sess.audio_ctx)
 
 
 def main(argv: list[str] | None = None) -> int:

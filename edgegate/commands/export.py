@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = """Export a (gated) Whisper model as a bundle for a device target.
+HELP = """Export a (gated) Whisper or OWSM model as a bundle for a device target.
 
 The bundle is a directory: manifest.json (schema, dims, modules in execution order with their
 SHA-256 and FLOPs, profile, budget, provenance), one ONNX subgraph per gateable module (each
@@ -17,6 +17,7 @@ examples:
   edgegate export --target cpu --out bundles/base-cpu
   edgegate export --target jetson --gates predictor.safetensors --budget 0.5
   edgegate export --target my-board.toml --model /models/whisper-small-ct2
+  edgegate export --target cpu --model owsm_v3.1_ebf_base --out bundles/owsm-base-cpu   # an OWSM directory
 """
 
 
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="device profile: cpu, android, jetson (= jetson-orin-nano), jetson-agx-orin, a user "
                         "profile name, or a .toml/.json profile file (edgegate profiles lists them)")
     p.add_argument("--model", default="whisper-base",
-                   help="registered model name or checkpoint path (CTranslate2 dir, transformers dir, OpenAI .pt)")
+                   help="registered model name or checkpoint path (CTranslate2 dir, transformers dir, OpenAI .pt, "
+                        "or an OWSM checkpoint directory as downloaded)")
     p.add_argument("--gates", default=None, metavar="PATH",
                    help="gate set to ship: the --out directory of edgegate train-gates (predictor + adapters), "
                         "a shipped gate set name, or a bare predictor .safetensors")

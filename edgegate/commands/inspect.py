@@ -28,6 +28,9 @@ def _shape(dims: dict, limits) -> str:
     if {"n_audio_layer", "n_audio_state", "n_text_layer", "n_text_state"} <= dims.keys():
         return (f"encoder {dims['n_audio_layer']}x{dims['n_audio_state']}, decoder {dims['n_text_layer']}x"
                 f"{dims['n_text_state']}, vocab {limits.n_vocab}")
+    if {"n_encoder_layers", "d_model", "n_decoder_layers"} <= dims.keys():  # OWSM
+        return (f"E-Branchformer encoder {dims['n_encoder_layers']}x{dims['d_model']}, decoder "
+                f"{dims['n_decoder_layers']}x{dims['d_model']}, vocab {limits.n_vocab}")
     return ", ".join(f"{k} {v}" for k, v in dims.items()) + f", vocab {limits.n_vocab}"
 
 

@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure per-module ms on this device (for ms budgets)", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory written by edgegate export")
-    p.add_argument("--frames", type=_int, default=1500, metavar="N",
-                   help="encoder positions per utterance (default 1500 = a full 30-s window)")
+    p.add_argument("--frames", type=_int, default=None, metavar="N",
+                   help="encoder positions per utterance (default: a full 30-s window, 1500 for Whisper, "
+                        "749 for OWSM, which always runs full windows)")
     p.add_argument("--tokens", type=_int, default=32, metavar="T", help="decoder steps per utterance (default 32)")
     p.add_argument("--repeats", type=_int, default=5, metavar="R", help="timed passes; medians (default 5)")
     p.add_argument("--backend", default="auto", metavar="B",
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     session = Session.load(args.bundle, backend=args.backend, threads=args.threads)
     described = session.backend.describe()
     try:
-        table = measure_latency(session, n_frames=args.frames, n_tokens=args.tokens, repeats=args.repeats,
+        frames = session.limits.encoder_positions if args.frames is None else args.frames
+        table = measure_latency(session, n_frames=frames, n_tokens=args.tokens, repeats=args.repeats,
                                 progress=not args.no_progress)
     finally:
         session.backend.close()

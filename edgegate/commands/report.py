@@ -71,6 +71,23 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def branch_table(report: dict[str, Any]) -> list[str]:
+    """E-Branchformer models (OWSM): how often the attention vs the cgMLP branches are kept, per group and budget."""
+    names = report["gate_names"]
+    kinds = {k: [i for i, n in enumerate(names) if n.startswith("encoder.") and n.endswith(f".{k}")]
+             for k in ("attn", "cgmlp")}
+    if not kinds["cgmlp"]:
+        return []
+    lines = ["## Attention vs cgMLP branches (E-Branchformer)\n",
+             "Mean keep rate over the encoder layers' attention and cgMLP branches.\n",
+             "| group | budget | attention kept | cgMLP kept |", "|---|---|---|---|"]
+    for group, by_budget in report["keep_rate"].items():
+        for b, rates in by_budget.items():
+            a, c = (sum(rates[i] for i in kinds[k]) / len(kinds[k]) for k in ("attn", "cgmlp"))
+            lines.append(f"| {group} | {b} | {100 * a:.0f}% | {100 * c:.0f}% |")
+    return lines + [""]
+
+
 def summary_markdown(report: dict[str, Any], source: str) -> str:
     from edgegate.evaluation import format_table
 
@@ -81,7 +98,7 @@ def summary_markdown(report: dict[str, Any], source: str) -> str:
         sg, st = r["skipped_gated_flops"], r["skipped_total_flops"]
         lines.append(f"| {b} | {'-' if sg is None else f'{100 * sg:.1f}%'} | "
                      f"{'-' if st is None else f'{100 * st:.1f}%'} | {r['kept_modules']} | {r['latency_s']} |")
-    lines += ["", "## Per set, language and task\n", format_table(report), "",
+    lines += ["", "## Per set, language and task\n", format_table(report), "", *branch_table(report),
               "![gate usage](keep_heatmap.png)", "", "![quality vs budget](quality.png)", "",
               "![latency vs budget](latency.png)", ""]
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = """Train the context-aware gate predictor for a Whisper model.
+HELP = """Train the context-aware gate predictor for a Whisper or OWSM model.
 
 The dense model is the teacher: its greedy tokens on the manifest's audio are the labels, so
 the manifest needs no transcripts. Each step samples a sparsity target per utterance from
@@ -27,6 +27,10 @@ examples:
   edgegate train-gates --manifest data/train.jsonl --out runs/gates --steps 400
   edgegate train-gates --manifest data/train.jsonl --out runs/dec --scope decoder --adapt none
   edgegate train-gates --manifest data/train.jsonl --out runs/gates --steps 800 --resume
+  edgegate train-gates --manifest data/train.jsonl --model owsm_v3.1_ebf_base --audio-ctx none --out runs/owsm
+
+OWSM (a checkpoint directory as downloaded): --audio-ctx none (OWSM always runs full windows),
+--adapt skip-adapters (FFNs and decoder modules only, not the attention/cgMLP branches) or none.
 """
 
 
@@ -34,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-gates", help="train a gate predictor by distillation from the dense model",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True, help="JSONL manifest (audio, lang, task[, text])")
-    p.add_argument("--model", default="whisper-base", help="registered model name or checkpoint path")
+    p.add_argument("--model", default="whisper-base",
+                   help="registered model name, checkpoint path or OWSM checkpoint directory")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoints, predictor, log)")
     p.add_argument("--scope", choices=("encoder", "decoder", "both"), default="both",
                    help="which modules are gated (default both)")

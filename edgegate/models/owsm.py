@@ -339,6 +339,11 @@ class Owsm(nn.Module):
         for name in names or self.gate_names:
             self.skip_adapters[name.replace(".", "_")] = SkipAdapter(self.dims.d_model, rank)
 
+    def adapter_names(self, names: list[str]) -> list[str]:
+        """Which of ``names`` gate training gives a skip adapter: not the branches (the runtime has no
+        bypass beside the merge yet; see ``edgegate.models.owsm_training``)."""
+        return [n for n in names if n.rsplit(".", 1)[-1] not in ("attn", "cgmlp")]
+
     def _per_module(self, gates: Tensor | list[Gate] | None) -> list[Gate]:
         return gates if isinstance(gates, list) else self.split_gates(gates)
 

@@ -67,6 +67,25 @@ def gate_names(dims: OwsmDims) -> list[str]:
     return names
 
 
+# The parts that always run (the bundle's module names; the cost table and the exporter use these).
+STEM, AFTER_NORM, EMBED, LOGITS = "encoder.stem", "encoder.after_norm", "decoder.embed", "decoder.logits"
+
+
+def merge_name(layer: int) -> str:
+    """E-Branchformer layer ``layer``'s merge: runs when its attention or its cgMLP runs."""
+    return f"encoder.{layer}.merge"
+
+
+def norm_final_name(layer: int) -> str:
+    """E-Branchformer layer ``layer``'s closing LayerNorm (always runs, even when its FFN is skipped)."""
+    return f"encoder.{layer}.norm_final"
+
+
+def src_kv_name(layer: int) -> str:
+    """The once-per-window K/V producer of decoder layer ``layer``'s source attention."""
+    return f"decoder.{layer}.src_kv"
+
+
 # (section, key, value OWSM v3.1 uses, ESPnet's default when the key is absent): anything else is
 # computed differently by ESPnet than by our model.
 _REQUIRED: list[tuple[str | None, str, Any, Any]] = [

@@ -1,6 +1,8 @@
 """Per-module cost table of an OWSM model: FLOPs and parameter bytes, no torch needed.
 
-As for Whisper (``edgegate.models.costs``): a multiply-add counts 2, only matrix products and
+As for Whisper (``edgegate.models.costs``), the table is kept as polynomial terms
+(:class:`edgegate.cost_model.CostTerms`, T = encoder positions, N = decoder positions) that the
+exporter writes into the manifest and the runtime evaluates;: a multiply-add counts 2, only matrix products and
 convolutions are counted (norms, activations and biases are noise next to them), ``n_frames`` is the
 number of encoder positions (after the x4 subsampling: 749 for OWSM's 30-s window) and ``n_tokens``
 the number of decoder positions run (prompt plus generated tokens). Source attention is charged its
@@ -13,8 +15,20 @@ CTC head is not counted: decoding does not run it.
 
 from __future__ import annotations
 
+from edgegate.cost_model import CostTerms
 from edgegate.models.costs import ModuleCost
-from edgegate.models.owsm_config import OwsmDims
+from edgegate.models.owsm_config import (
+    AFTER_NORM,
+    DECODER_KINDS,
+    EMBED,
+    ENCODER_KINDS,
+    LOGITS,
+    STEM,
+    OwsmDims,
+    gate_names,
+    merge_name,
+    norm_final_name,
+)
 
 
 def _ln(d: int) -> int:
@@ -34,52 +48,84 @@ def _cgmlp_params(d: int, units: int, kernel: int) -> int:
     return _ln(d) + d * units + units + _ln(half) + half * kernel + half + half * d + d
 
 
-def _stem_shape(n_frames: int, n_mels: int) -> tuple[int, int, int]:
-    """(conv1 output frames, conv1 output bins, conv2 output bins) for ``n_frames`` encoder positions."""
-    f1 = (n_mels - 1) // 2
-    return 2 * n_frames + 1, f1, (f1 - 1) // 2
+def _stem_terms(dims: OwsmDims) -> CostTerms:
+    """Conv2d subsampling at T encoder positions: conv1 makes 2T + 1 frames of f1 bins, conv2 T of f2."""
+    d = dims.d_model
+    f1 = (dims.n_mels - 1) // 2
+    f2 = (f1 - 1) // 2
+    # conv1: 2 * 9 * d per output cell over (2T + 1) * f1 cells; conv2: 2 * 9 * d * d over T * f2; Linear(d f2, d).
+    return CostTerms(one=18 * d * f1, t=36 * d * f1 + 18 * d * d * f2 + 2 * d * f2 * d)
+
+
+def src_kv_terms(d: int) -> CostTerms:
+    """The once-per-window K/V projection of one source attention: 2 (d x d) products per encoder position."""
+    return CostTerms(t=4 * d * d)
+
+
+def _gate_terms(kind: str, encoder: bool, dims: OwsmDims) -> tuple[CostTerms, int]:
+    d = dims.d_model
+    if encoder:
+        if kind == "attn":
+            return CostTerms(t=8 * d * d, tt=4 * d), _attn_params(d)
+        if kind == "cgmlp":
+            u, k = dims.cgmlp_units, dims.cgmlp_kernel
+            return CostTerms(t=3 * d * u + u * k), _cgmlp_params(d, u, k)
+        return CostTerms(t=4 * d * dims.encoder_ffn), _ffn_params(d, dims.encoder_ffn)
+    if kind == "self_attn":  # position n attends to n cached keys: 4 d N (N + 1) / 2
+        return CostTerms(n=8 * d * d + 2 * d, nn=2 * d), _attn_params(d)
+    if kind == "src_attn":
+        return src_kv_terms(d) + CostTerms(n=4 * d * d, nt=4 * d), _attn_params(d)
+    return CostTerms(n=4 * d * dims.decoder_ffn), _ffn_params(d, dims.decoder_ffn)
+
+
+def module_cost_terms(dims: OwsmDims) -> dict[str, tuple[CostTerms, int]]:
+    """(FLOP terms, parameters) of each gateable module, in execution order, keyed by gate name."""
+    kinds = [(k, True) for _ in range(dims.n_encoder_layers) for k in ENCODER_KINDS]
+    kinds += [(k, False) for _ in range(dims.n_decoder_layers) for k in DECODER_KINDS]
+    return {name: _gate_terms(kind, enc, dims) for name, (kind, enc) in zip(gate_names(dims), kinds, strict=True)}
+
+
+def always_on_cost_terms(dims: OwsmDims) -> dict[str, tuple[CostTerms, int]]:
+    """(FLOP terms, parameters) of the parts that run whatever the gates say: subsampling, merges, norms,
+    embedding, output layer."""
+    d, km = dims.d_model, dims.merge_kernel
+    f2 = ((dims.n_mels - 1) // 2 - 1) // 2
+    out = {STEM: (_stem_terms(dims), 9 * d + d + 9 * d * d + d + f2 * d * d + d)}
+    for i in range(dims.n_encoder_layers):
+        out[merge_name(i)] = (CostTerms(t=4 * d * km + 4 * d * d), 2 * d * km + 2 * d + 2 * d * d + d)
+        out[norm_final_name(i)] = (CostTerms(t=5 * d), _ln(d))
+    out[AFTER_NORM] = (CostTerms(t=5 * d), _ln(d))
+    out[EMBED] = (CostTerms(n=d), dims.n_vocab * d)
+    out[LOGITS] = (CostTerms(n=2 * d * dims.n_vocab), _ln(d) + dims.n_vocab * d + dims.n_vocab)
+    return out
+
+
+def _at(table: dict[str, tuple[CostTerms, int]], n_frames: int, n_tokens: int,
+        bytes_per_param: int) -> dict[str, ModuleCost]:
+    return {k: ModuleCost(t.at(n_frames, n_tokens), p * bytes_per_param) for k, (t, p) in table.items()}
 
 
 def module_costs(dims: OwsmDims, n_frames: int = 749, n_tokens: int = 32,
                  bytes_per_param: int = 4) -> dict[str, ModuleCost]:
     """Cost of each gateable module, in execution order, keyed by its gate name."""
-    T, N, d = n_frames, n_tokens, dims.d_model
-    b = bytes_per_param
-    costs: dict[str, ModuleCost] = {}
-    ffn = ModuleCost(4 * T * d * dims.encoder_ffn, _ffn_params(d, dims.encoder_ffn) * b)
-    attn = ModuleCost(8 * T * d * d + 4 * T * T * d, _attn_params(d) * b)
-    u, k = dims.cgmlp_units, dims.cgmlp_kernel
-    cgmlp = ModuleCost(3 * T * d * u + T * u * k, _cgmlp_params(d, u, k) * b)
-    for i in range(dims.n_encoder_layers):
-        costs[f"encoder.{i}.ffn_macaron"] = ffn
-        costs[f"encoder.{i}.attn"] = attn
-        costs[f"encoder.{i}.cgmlp"] = cgmlp
-        costs[f"encoder.{i}.ffn"] = ffn
-    self_scores = 4 * d * N * (N + 1) / 2  # position n attends to n cached keys
-    for i in range(dims.n_decoder_layers):
-        costs[f"decoder.{i}.self_attn"] = ModuleCost(8 * N * d * d + self_scores, _attn_params(d) * b)
-        costs[f"decoder.{i}.src_attn"] = ModuleCost(4 * T * d * d + 4 * N * d * d + 4 * N * T * d,
-                                                    _attn_params(d) * b)
-        costs[f"decoder.{i}.ffn"] = ModuleCost(4 * N * d * dims.decoder_ffn, _ffn_params(d, dims.decoder_ffn) * b)
-    return costs
+    return _at(module_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
 
 
 def always_on_costs(dims: OwsmDims, n_frames: int = 749, n_tokens: int = 32,
                     bytes_per_param: int = 4) -> dict[str, ModuleCost]:
     """Parts that run whatever the gates say: subsampling, merges, final norms, embedding, output layer."""
-    T, N, d, b = n_frames, n_tokens, dims.d_model, bytes_per_param
-    t1, f1, f2 = _stem_shape(T, dims.n_mels)
-    stem = 2 * 9 * d * t1 * f1 + 2 * 9 * d * d * T * f2 + 2 * T * d * f2 * d
-    stem_params = 9 * d + d + 9 * d * d + d + f2 * d * d + d
-    km = dims.merge_kernel
-    costs = {"encoder.stem": ModuleCost(stem, stem_params * b)}
-    merge = ModuleCost(4 * T * d * km + 4 * T * d * d, (2 * d * km + 2 * d + 2 * d * d + d) * b)
-    for i in range(dims.n_encoder_layers):
-        costs[f"encoder.{i}.merge"] = merge
-        costs[f"encoder.{i}.norm_final"] = ModuleCost(5 * T * d, _ln(d) * b)
-    costs["encoder.after_norm"] = ModuleCost(5 * T * d, _ln(d) * b)
-    costs["decoder.embed"] = ModuleCost(N * d, dims.n_vocab * d * b)
-    costs["decoder.logits"] = ModuleCost(2 * N * d * dims.n_vocab, (_ln(d) + dims.n_vocab * d + dims.n_vocab) * b)
+    return _at(always_on_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
+
+
+def flop_costs(dims: OwsmDims):
+    """The planner's cost function (positions, tokens, unit) -> FLOPs per gate, in gate order."""
+    import numpy as np
+
+    terms = [t for t, _ in module_cost_terms(dims).values()]
+
+    def costs(positions: int, tokens: int, unit: str = "flops") -> np.ndarray:
+        return np.array([t.at(positions, tokens) for t in terms], dtype=np.float64)
+
     return costs
 
 
