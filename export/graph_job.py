@@ -28,6 +28,7 @@ class GraphJob:
     example: tuple[Tensor, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    precision: str = "fp32"  # asked of the target; module graphs get the export's, adapters and predictor stay fp32
 
 
 @dataclass

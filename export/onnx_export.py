@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from edgegate.export.bundle_writer import BundleWriter
 from edgegate.export.graph_job import GraphJob, param_bytes
+from edgegate.export.quantize import QUANTIZATION_NOTES, apply_precision
 from edgegate.runtimes.schema import GraphSpec, Limits, TensorSpec
 
 DEFAULT_OPSET = 17
@@ -44,10 +45,13 @@ def export_graph(module: nn.Module, example: tuple[Tensor, ...], path: Path, inp
 
 
 class OnnxTarget:
+    """One ONNX file per graph; module graphs asked for int8 / fp16 are quantised in place after export."""
+
     format = "onnx"
 
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
+        self.precisions: dict[str, str] = {}  # graph name -> the precision its file has
 
     def steps(self, graphs: Sequence[GraphJob]) -> int:
         return len(graphs)
@@ -58,13 +62,15 @@ class OnnxTarget:
         for g in graphs:
             file = f"{g.name}.onnx"
             export_graph(g.module, g.example, writer.path_for(file), g.inputs, g.outputs, self.opset)
+            self.precisions[g.name] = apply_precision(writer.path_for(file), g.precision)
             writer.add(file)
             out[g.name] = GraphSpec(g.name, g.stage, file, None, g.inputs, g.outputs, param_bytes(g.module))
             tick(g.name)
         return out
 
     def sections(self) -> dict[str, Any]:
-        return {}
+        used = sorted(set(self.precisions.values()) - {"fp32"})
+        return {"quantization": {p: QUANTIZATION_NOTES[p] for p in used}} if used else {}
 
     def provenance(self) -> dict[str, Any]:
         import onnx

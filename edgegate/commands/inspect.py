@@ -47,6 +47,10 @@ def report(bundle, checks) -> str:
         f"{prof.get('precision', '?')}, {prof.get('threads', '?')} threads",
         "budget   " + (f"{budget['value']:g} (scope {budget['scope']}, {budget['cost_unit']})" if budget
                        else "none: no gate predictor, runs dense unless a mask is given"),
+        "weights  " + (", ".join(f"{p}: {q.get('method')} ({q.get('weights')})"
+                                 for p, q in (m.get("quantization") or {}).items()) or "fp32"),
+        "context  " + ("full 30-s encoder context" if (m.get("decoding") or {}).get("audio_ctx") is None
+                       else f"the audio + {m['decoding']['audio_ctx']} encoder positions (dynamic)"),
         "predictor " + (f"{pred['file']} ({_mb(files[pred['file']]['bytes'])} MB)" if pred else "none"),
         f"exported {prov.get('created_utc', '?')} by edgegate {prov.get('edgegate', '?')}, "
         f"torch {prov.get('torch', '?')}, opset {prov.get('onnx_opset', '?')}",
