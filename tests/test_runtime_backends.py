@@ -78,6 +78,9 @@ THREADS = textwrap.dedent('''
     for mode in ("session", "spin"):
         out = OrtBackend(threads=2, device="cpu", options={"threading": mode}).load(path).run({"x": x})[0]
         assert out.tolist() == [0.0, 2.0]
+    for arena in ("shared", "off", "session", "shared"):  # the shared arena registers once per process
+        be = OrtBackend(threads=1, device="cpu", options={"arena": arena})
+        assert be.load(path).run({"x": x})[0].tolist() == [0.0, 2.0] and f"{arena} arena" in be.describe()
     a = OrtBackend(threads=2, device="cpu", options={"threading": "global"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -103,6 +106,8 @@ def test_ort_rejects_methods_and_bad_modes(tmp_path):
 
     with pytest.raises(BackendError, match="threading mode"):
         OrtBackend(options={"threading": "turbo"})
+    with pytest.raises(BackendError, match="arena mode"):
+        OrtBackend(options={"arena": "huge"})
     with pytest.raises(BackendError, match="executorch"):
         OrtBackend(device="cpu").load(tmp_path / "x.onnx", method="forward")
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
