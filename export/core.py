@@ -237,6 +237,9 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     jobs = module_jobs(whisper)
     for j in jobs:  # module graphs only: skip adapters and the predictor stay fp32
         j.graph.precision = precision or profile.precision
+    shards = _shards(tok_path, whisper.dims.n_vocab) if hasattr(target, "shards") else None
+    if shards is not None:
+        target.shards = shards.shards
     graphs = [g for j in jobs for g in (j.graph, j.adapter) if g is not None]
     if predictor is not None:
         graphs.append(predictor_job(predictor, len(whisper.gate_names)))
@@ -254,6 +257,7 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
             "predictor": None if predictor is None else predictor_entry(written[PREDICTOR], predictor, pred_meta,
                                                                         gates),
             "tokenizer": _tokenizer_entry(w, tok_path),
+            "vocabulary": _vocabulary_entry(w, shards, getattr(target, "token_embedding", None)),
             "profile": profile.to_dict(),
             "budget": the_budget.to_dict() if predictor is not None else None,
             **target.sections(),
@@ -267,6 +271,26 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     log(f"wrote {path} ({len(w.files)} files, {total / 1e6:.1f} MB, {len(graphs)} graphs, target {profile.name}, "
         f"{'predictor' if predictor is not None else 'no predictor: dense unless a mask is given'})")
     return path
+
+
+def _shards(tok_path: Path, n_vocab: int) -> Any:
+    from edgegate.tokenizer import WhisperTokenizer
+    from edgegate.vocabulary import shipped_shards
+
+    return shipped_shards(WhisperTokenizer.from_file(tok_path), n_vocab)
+
+
+def _vocabulary_entry(w: BundleWriter, shards: Any, table: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's ``vocabulary``: the shard file and which shards are on by default (None: full only)."""
+    from edgegate.vocabulary import DEFAULT_ON, SHIPPED
+
+    if shards is None or table is None or not table.get("shard_templates"):
+        return None
+    w.copy_in(SHIPPED, "vocab_shards.npz")
+    return {"file": "vocab_shards.npz", "languages": shards.languages, "default_on": list(DEFAULT_ON),
+            "translate": "en", "sizes": {k: int(len(v)) for k, v in shards.shards.items()},
+            "note": "per (language, task) the logits graph computes only the shard's rows (translate: English); "
+                    "off with full_vocab / --full-vocab; languages outside default_on use the full vocabulary"}
 
 
 def _tokenizer_entry(w: BundleWriter, tok_path: Path) -> dict[str, Any]:

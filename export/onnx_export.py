@@ -1,8 +1,9 @@
 """The ONNX target: one ONNX file per graph of the execution plan (cpu and jetson profiles).
 
 The TorchScript exporter (``dynamo=False``) is used: ~0.1 s per module instead of 1-4 s with
-dynamo, and these graphs need no control flow. Weight sharing: the token embedding (n_vocab x d,
-~106 MB fp32 for base) is stored twice, in ``decoder.embed.onnx`` and in ``decoder.logits.onnx``.
+dynamo, and these graphs need no control flow. Weight sharing: the token embedding is stored once
+(:mod:`edgegate.export.token_embedding`): the graphs that share it are written by hand over one
+external-data file, with one weightless logits template per vocabulary shard.
 Everything else (inputs, manifest, atomic writing) is the export core's
 (:func:`edgegate.export.core.export_bundle`).
 """
@@ -22,6 +23,8 @@ from torch import Tensor, nn
 from edgegate.export.bundle_writer import BundleWriter
 from edgegate.export.graph_job import GraphJob, param_bytes
 from edgegate.export.quantize import QUANTIZATION_NOTES, apply_precision
+from edgegate.export.token_embedding import SHARE, write_shared
+from edgegate.models.whisper_layout import EMBED, LOGITS
 from edgegate.runtimes.schema import GraphSpec, Limits, TensorSpec
 
 DEFAULT_OPSET = 17
@@ -52,6 +55,8 @@ class OnnxTarget:
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
         self.precisions: dict[str, str] = {}  # graph name -> the precision its file has
+        self.shards: dict[str, Any] | None = None  # vocabulary shards to write logits templates for (the core's)
+        self.token_embedding: dict[str, Any] | None = None
 
     def steps(self, graphs: Sequence[GraphJob]) -> int:
         return len(graphs)
@@ -59,7 +64,18 @@ class OnnxTarget:
     def write(self, graphs: Sequence[GraphJob], writer: BundleWriter, tick: Callable[[str], None],
               limits: Limits) -> dict[str, GraphSpec]:
         out = {}
+        shared = [g for g in graphs if g.shares == SHARE]
+        if shared:
+            by_name = {g.name: g for g in shared}
+            specs, self.token_embedding = write_shared(by_name[EMBED], by_name[LOGITS], by_name[LOGITS].precision,
+                                                       writer, self.shards, self.opset)
+            out.update(specs)
+            for g in shared:
+                self.precisions[g.name] = self.token_embedding["precision"]
+                tick(g.name)
         for g in graphs:
+            if g.shares == SHARE:
+                continue
             file = f"{g.name}.onnx"
             export_graph(g.module, g.example, writer.path_for(file), g.inputs, g.outputs, self.opset)
             self.precisions[g.name] = apply_precision(writer.path_for(file), g.precision)
@@ -70,14 +86,17 @@ class OnnxTarget:
 
     def sections(self) -> dict[str, Any]:
         used = sorted(set(self.precisions.values()) - {"fp32"})
-        return {"quantization": {p: QUANTIZATION_NOTES[p] for p in used}} if used else {}
+        out: dict[str, Any] = {"quantization": {p: QUANTIZATION_NOTES[p] for p in used}} if used else {}
+        if self.token_embedding is not None:
+            out["token_embedding"] = self.token_embedding
+        return out
 
     def provenance(self) -> dict[str, Any]:
         import onnx
 
         return {"onnx_opset": self.opset, "onnx": onnx.__version__,
                 "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-                "notes": ["token embedding stored twice (decoder.embed.onnx and decoder.logits.onnx)"]}
+                "notes": ["token embedding stored once, read by decoder.embed and decoder.logits as external data"]}
 
 
 __all__ = ["OnnxTarget", "export_graph", "DEFAULT_OPSET"]

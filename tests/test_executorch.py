@@ -46,8 +46,8 @@ def tiny(tmp_path_factory):
     model = tiny_whisper()
     pred = tiny_predictor(len(model.gate_names))
     root = tmp_path_factory.mktemp("et")
-    pte = export_executorch_bundle(root / "tiny-android", "android", model, gates=pred, **QUIET)
-    onnx = export_bundle(root / "tiny-cpu", "cpu", model, gates=pred, **QUIET)
+    pte = export_executorch_bundle(root / "tiny-android", "android", model, gates=pred, precision="fp32", **QUIET)
+    onnx = export_bundle(root / "tiny-cpu", "cpu", model, gates=pred, precision="fp32", **QUIET)
     return WhisperModel(model, threads=1), pte, onnx
 
 
@@ -118,6 +118,22 @@ def test_methods_share_weights(tiny):
     pte = (path / "model.pte").stat().st_size
     assert 0.95 * expected < pte < 1.05 * expected
     assert pte <= 1.02 * sum(p.stat().st_size for p in onnx_path.glob("*.onnx"))
+
+
+def test_int8_program_is_the_android_default(tiny, tmp_path):
+    """android exports XNNPACK 8-bit dynamically quantised linears: smaller, per-method precision, still runs
+    and still gates (the predictor and adapters stay fp32)."""
+    model, pred = tiny_whisper(), tiny_predictor(10)
+    path = export_executorch_bundle(tmp_path / "int8", "android", model, gates=pred, **QUIET)
+    m = json.loads((path / "manifest.json").read_text())
+    prec = {mod["name"]: mod["precision"] for mod in m["modules"]}
+    assert {n for n, p in prec.items() if p == "fp32"} == {"encoder.stem", "encoder.ln_post", "decoder.embed"}
+    assert m["quantization"]["int8"]["method"] == "XNNPACK dynamic"
+    assert (path / "model.pte").stat().st_size < 0.75 * (tiny[1] / "model.pte").stat().st_size
+    session = Session.load(path, threads=1)
+    dense = session.transcribe(noise_clip(), language="en", budget=0.0)
+    gated = session.transcribe(noise_clip(), language="en", budget=0.4)
+    assert len(dense.tokens) > 0 and not all(gated.mask)
 
 
 # -- parity with the PyTorch gated model -------------------------------------------------------

@@ -178,6 +178,23 @@ class OrtBackend(Backend):
             raise BackendError(f"ONNX Runtime cannot load {path} ({first}); re-export the bundle") from None
         return OrtModule(session, name or Path(path).stem)
 
+    def load_with_initializers(self, path: Path, name: str, initializers: Mapping[str, np.ndarray]) -> Module:
+        """A graph whose named initializers are replaced by ``initializers`` (constants of the session, so
+        ONNX Runtime prepacks them); the caller keeps the arrays alive as long as the module."""
+        so = self._options()
+        values = [(k, self._ort.OrtValue.ortvalue_from_numpy(v)) for k, v in initializers.items()]
+        for k, v in values:
+            so.add_initializer(k, v)
+        try:
+            session = self._ort.InferenceSession(str(path), so, providers=self.providers)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"ONNX Runtime cannot load {path} with its rows ({first}); "
+                               "re-export the bundle") from None
+        module = OrtModule(session, name)
+        module._values = values  # OrtValues alive for the session's life
+        return module
+
     def describe(self) -> str:
         provs = [p[0] if isinstance(p, tuple) else p for p in self.providers]
         return (f"onnxruntime {self._ort.__version__} ({', '.join(provs)}; {self.threads} threads, "
