@@ -226,7 +226,7 @@ def bundle_audio_ctx(audio_ctx: str | int | None, whisper: Whisper, pred_meta: d
 def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, model: str | Path | Whisper,
                 gates: str | Path | nn.Module | None, budget: float | None, scope: str | None, force: bool,
                 progress: bool, tokenizer: str | Path | None, log: Callable[[str], None],
-                precision: str | None = None, audio_ctx: str | int | None = "auto") -> Path:
+                precision: str | None = None, audio_ctx: str | int | None = "auto", full_vocab: bool = False) -> Path:
     """Write a bundle for ``profile`` with ``target``; see :func:`export_bundle` for the arguments."""
     from edgegate.export.whisper_graphs import family_manifest, module_jobs
 
@@ -237,7 +237,7 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     jobs = module_jobs(whisper)
     for j in jobs:  # module graphs only: skip adapters and the predictor stay fp32
         j.graph.precision = precision or profile.precision
-    shards = _shards(tok_path, whisper.dims.n_vocab) if hasattr(target, "shards") else None
+    shards = _shards(tok_path, whisper.dims.n_vocab) if hasattr(target, "shards") and not full_vocab else None
     if shards is not None:
         target.shards = shards.shards
     graphs = [g for j in jobs for g in (j.graph, j.adapter) if g is not None]
@@ -306,12 +306,14 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
                   budget: float | None = None, scope: str | None = None, force: bool = False,
                   progress: bool = True, tokenizer: str | Path | None = None,
                   opset: int | None = None, log: Callable[[str], None] | None = None,
-                  precision: str | None = None, audio_ctx: str | int | None = "auto") -> Path:
+                  precision: str | None = None, audio_ctx: str | int | None = "auto",
+                  full_vocab: bool = False) -> Path:
     """Write a bundle directory for ``target``; returns its path.
 
     ``precision``: the module graphs' (``fp32``, ``int8``, ``fp16``; None = the profile's: cpu and
     android int8, jetson fp16); the predictor and skip adapters stay fp32. ``audio_ctx``: the
-    bundle's encoder-context rule (see :func:`bundle_audio_ctx`).
+    bundle's encoder-context rule (see :func:`bundle_audio_ctx`). ``full_vocab``: write no vocabulary
+    shards (every request decodes over the full vocabulary).
 
     ``gates``: a gate set (the ``--out`` directory of ``edgegate train-gates`` or a shipped name:
     its adaptation is applied to the model first, its scope and ``audio_ctx`` travel with the
@@ -336,7 +338,7 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
     from edgegate.export.onnx_export import OnnxTarget
 
     return export_with(OnnxTarget(opset or profile.opset), out, profile, model, gates, budget, scope, force,
-                       progress, tokenizer, log, precision, audio_ctx)
+                       progress, tokenizer, log, precision, audio_ctx, full_vocab)
 
 
 def check_request(profile: DeviceProfile, out: str | Path | None, model: str | Path | Whisper,

@@ -99,9 +99,11 @@ def test_cli_precision_audio_ctx_and_inspect(tmp_path, model, capsys):
     torch.save({"dims": asdict(plain.dims), "model_state_dict": plain.state_dict()}, ckpt)
     out = tmp_path / "b"
     assert main(["export", "--target", "cpu", "--model", str(ckpt), "--out", str(out), "--precision", "fp32",
-                 "--audio-ctx", "120", "--no-progress"]) == 0
+                 "--audio-ctx", "120", "--full-vocab", "--no-progress"]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["decoding"]["audio_ctx"] == 120 and {mod["precision"] for mod in m["modules"]} == {"fp32"}
+    assert m["vocabulary"] is None and not m["token_embedding"]["shard_templates"]
+    assert Session.load(out).vocab_logits is None
     assert Session.load(out).audio_ctx == 120
     assert main(["export", "--target", "cpu", "--model", str(ckpt), "--out", str(out), "--force",
                  "--no-progress"]) == 0
@@ -109,5 +111,6 @@ def test_cli_precision_audio_ctx_and_inspect(tmp_path, model, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "weights  int8: dynamic" in text and "full 30-s encoder context" in text
+    assert "token_embedding.q8" in text and "on by default: en, de, es, it" in text
     row = next(line for line in text.splitlines() if line.startswith("decoder.0.mlp "))
     assert " int8 " in row

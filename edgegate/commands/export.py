@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-ctx", default="auto", metavar="full|auto|N",
                    help="the bundle's encoder context: full (30 s), auto (the gate set's or the model's own rule, "
                         "else full) or N (the audio plus N encoder positions of margin)")
+    p.add_argument("--full-vocab", action="store_true",
+                   help="no vocabulary shards: every request decodes over the full vocabulary (default: shards for "
+                        "en, de, es, it and translate; Session.load(full_vocab=True) also turns them off)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the profile's, >= 17)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -55,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     path = export_bundle(out=args.out, target=args.target, model=args.model, gates=args.gates, budget=args.budget,
                          scope=args.scope, force=args.force, progress=not args.no_progress, opset=args.opset,
-                         precision=args.precision, audio_ctx=args.audio_ctx)
+                         precision=args.precision, audio_ctx=args.audio_ctx, full_vocab=args.full_vocab)
     print(path)
     return 0
