@@ -178,12 +178,12 @@ def compare(ref_session, test_session, budgets=(0.0, 0.5), n_clips=None):
     rows, lat = [], {"ref": {}, "test": {}}
     use = clips[:n_clips] if n_clips else clips
     if use:
-        test_session.transcribe(use[0], language="en")  # warm-up (CUDA context, arenas)
+        test_session.transcribe_windows(use[0], language="en")  # warm-up (CUDA context, arenas)
     for c in use:
         for b in budgets:
             kw = {"budget": b} if ref_session.has_predictor else {}
-            a = ref_session.transcribe(c, language="en", **kw)
-            r = test_session.transcribe(c, language="en", **kw)
+            a = ref_session.transcribe_windows(c, language="en", **kw)
+            r = test_session.transcribe_windows(c, language="en", **kw)
             lat["ref"].setdefault(str(b), []).append(a.timings["total"])
             lat["test"].setdefault(str(b), []).append(r.timings["total"])
             same = sum(x == y for x, y in zip(a.tokens, r.tokens))

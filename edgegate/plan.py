@@ -15,6 +15,10 @@ closure imports torch.
    from the model's cost terms, or the bundle's measured milliseconds).
 5. The exact budget planner (:meth:`edgegate.budget.Budget.keep_mask`) and the resulting
    :class:`Plan`: keep mask, encoder frames, expected cost.
+6. The vocabulary shard, the gate on the output layer: the request's language's shard for
+   transcribe, English's for translate (:func:`edgegate.vocabulary.shard_language`), when the
+   planner has it on (``vocab_shards``); None = the full vocabulary (language to be detected, a
+   language without a default-on shard, or ``full_vocab``).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class Plan:
     budget: Budget | None = None
     scores: np.ndarray | None = None
     costs: np.ndarray | None = None
+    vocab: str | None = None  # vocabulary shard key (None: full vocabulary)
 
     def frames_for(self, window_frames: int) -> int:
         """Mel frames the encoder sees for a window with ``window_frames`` real frames."""
@@ -127,7 +132,9 @@ class Planner:
     """Turns requests into plans for one model: its gate names, predictor, costs and language codes."""
 
     def __init__(self, gate_names: Sequence[str], costs: CostFn, scores: ScoreFn | None = None,
-                 language_codes: Sequence[str] | None = None, missing_predictor: str = "no gate predictor"):
+                 language_codes: Sequence[str] | None = None, missing_predictor: str = "no gate predictor",
+                 vocab_shards: Sequence[str] = ()):
+        self.vocab_shards = tuple(vocab_shards)  # shard keys this model decodes with when a request allows
         self.gate_names = list(gate_names)
         self.costs = costs
         self.scores = scores
@@ -149,19 +156,31 @@ class Planner:
         positions = encoder_frames(features.frames, audio_ctx) // MEL_FRAMES_PER_POSITION
         return self.costs(positions, n_tokens or estimate_tokens(features.duration), unit=unit)
 
+    def vocab(self, language: str | None, task: str, full_vocab: bool = False) -> str | None:
+        """The request's vocabulary shard key, or None for the full vocabulary."""
+        if full_vocab or not language or not self.vocab_shards:
+            return None
+        from edgegate.vocabulary import shard_language
+
+        key = shard_language(language, task)
+        return key if key in self.vocab_shards else None
+
     def fixed(self, mask: Sequence[bool] | np.ndarray | None, features: RequestFeatures,
-              audio_ctx: int | None) -> Plan:
-        """The plan of an explicit mask (None = dense)."""
+              audio_ctx: int | None, language: str | None = None, task: str = "transcribe",
+              full_vocab: bool = False) -> Plan:
+        """The plan of an explicit mask (None = dense); the shard follows ``language``/``task``."""
         m = np.ones(len(self.gate_names), dtype=bool) if mask is None else self.check_mask(mask)
-        return Plan(m, audio_ctx, encoder_frames(features.frames, audio_ctx))
+        return Plan(m, audio_ctx, encoder_frames(features.frames, audio_ctx),
+                    vocab=self.vocab(language, task, full_vocab))
 
     def plan(self, features: RequestFeatures, language: str | None, task: str, budget: Budget | None,
-             audio_ctx: int | None) -> Plan:
+             audio_ctx: int | None, full_vocab: bool = False) -> Plan:
         """Plan one request under ``budget`` (None or 0: dense, without calling the predictor)."""
         task_id = task_index(task)
         frames = encoder_frames(features.frames, audio_ctx)
+        vocab = self.vocab(language, task, full_vocab)
         if budget is None or budget.value == 0.0:
-            return Plan(np.ones(len(self.gate_names), dtype=bool), audio_ctx, frames, budget=budget)
+            return Plan(np.ones(len(self.gate_names), dtype=bool), audio_ctx, frames, budget=budget, vocab=vocab)
         if self.scores is None:
             raise BudgetError(self.missing_predictor)
         scores = np.asarray(self.scores(features.stats, language_index(language, self.language_codes), task_id,
@@ -169,7 +188,7 @@ class Planner:
         costs = self.planning_costs(features, audio_ctx, budget.cost_unit)
         mask = budget.keep_mask(self.gate_names, costs, scores)
         in_scope = modules_in_scope(self.gate_names, budget.scope)
-        return Plan(mask, audio_ctx, frames, float(costs[mask & in_scope].sum()), budget, scores, costs)
+        return Plan(mask, audio_ctx, frames, float(costs[mask & in_scope].sum()), budget, scores, costs, vocab)
 
 
 __all__ = ["Plan", "Planner", "RequestFeatures", "ScoreFn", "CostFn", "TASK_INDEX", "default_language_codes",

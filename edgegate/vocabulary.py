@@ -39,6 +39,11 @@ SHARD_LANGUAGES = ("en", "de", "es", "fr", "it")
 # each alone (start of text, after a quote) and after a space (inside a sentence).
 CASES = ("lower", "title")
 DEFAULT_WORDS = 50_000
+SHIPPED = Path(__file__).parent / "assets" / "vocab" / "whisper-multilingual-51865.npz"
+# Shards on by default: where docs/speed.md section 3 measured zero dense tokens outside the shard and no
+# quality change (wf50000 + texts). fr had one hallucinated English word outside its shard: off by default.
+# Translate decodes English, so the English shard serves every language's translate.
+DEFAULT_ON = ("en", "de", "es", "it")
 
 
 class VocabularyError(EdgegateError):
@@ -243,6 +248,16 @@ class VocabularyShards:
                                       f"below {self.n_vocab}; rebuild it")
             if s[-1] != self.n_vocab - 1:  # the last timestamp: every shard keeps all specials
                 raise VocabularyError(f"{where}: shard {lang!r} lacks the special/timestamp tokens; rebuild it")
+
+
+def shipped_shards(tokenizer: WhisperTokenizer, n_vocab: int) -> VocabularyShards | None:
+    """The shipped shards when they fit this tokenizer and vocabulary size, else None (full vocabulary)."""
+    if not SHIPPED.is_file():
+        return None
+    try:
+        return VocabularyShards.load(SHIPPED, tokenizer, n_vocab)
+    except VocabularyError:
+        return None
 
 
 def _check_language(language: str) -> str:

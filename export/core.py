@@ -29,7 +29,7 @@ from edgegate.budget import Budget
 from edgegate.errors import BudgetError, ModelError
 from edgegate.export.bundle_writer import BundleWriter
 from edgegate.export.graph_job import GraphJob, ModuleJob, param_bytes
-from edgegate.export.profiles import DeviceProfile, get_profile
+from edgegate.export.profiles import PRECISIONS, DeviceProfile, get_profile
 from edgegate.models.whisper import Whisper
 from edgegate.runtimes.schema import GraphSpec, Limits, ModuleSpec, TensorSpec
 
@@ -40,6 +40,7 @@ class Target(Protocol):
     """What a target does with the graphs; the core does everything else."""
 
     format: str  # the bundle's module_format: "onnx" or "pte"
+    precisions: dict[str, str]  # after write: graph name -> the precision its weights have
 
     def steps(self, graphs: Sequence[GraphJob]) -> int:
         """Progress ticks the target will report for these graphs."""
@@ -172,14 +173,15 @@ def predictor_entry(graph: GraphSpec, predictor: nn.Module, pred_meta: dict[str,
 
 
 # -- the bundle ------------------------------------------------------------------------------------
-def module_spec(job: ModuleJob, graphs: dict[str, GraphSpec]) -> ModuleSpec:
-    """The manifest entry of one module job, with the files and methods the target wrote."""
+def module_spec(job: ModuleJob, graphs: dict[str, GraphSpec], precisions: dict[str, str] | None = None
+                ) -> ModuleSpec:
+    """The manifest entry of one module job, with the files, methods and precision the target wrote."""
     def spec(g: GraphJob) -> GraphSpec:
         w = graphs[g.name]
         return GraphSpec(g.name, g.stage, w.file, w.method, w.inputs, w.outputs, param_bytes(g.module))
 
     return ModuleSpec(job.name, job.kind, job.stage, job.layer, job.gates, spec(job.graph), job.flops, job.skip,
-                      "fp32", None if job.adapter is None else spec(job.adapter))
+                      (precisions or {}).get(job.name, "fp32"), None if job.adapter is None else spec(job.adapter))
 
 
 def default_out(model_name: str, profile: DeviceProfile) -> Path:
@@ -199,9 +201,36 @@ def _progress(total: int, desc: str, progress: bool) -> tuple[Any, Callable[[str
     return bar, tick
 
 
+def bundle_audio_ctx(audio_ctx: str | int | None, whisper: Whisper, pred_meta: dict[str, Any]) -> int | None:
+    """The bundle's encoder-context rule: a margin in encoder positions, or None (full 30-s context).
+
+    ``"auto"``: the gate set's ``audio_ctx`` when it has one, else the model's own rule
+    (``default_audio_ctx``, set by edge-adapted models), else full context. ``"full"``/None: full
+    context. An integer: that margin.
+    """
+    if audio_ctx is None or audio_ctx == "full":
+        return None
+    if audio_ctx == "auto":
+        gate_set = pred_meta.get("gate_set") or {}
+        if "audio_ctx" in gate_set:
+            return gate_set["audio_ctx"]
+        return getattr(whisper, "default_audio_ctx", None)
+    n_ctx = getattr(getattr(whisper, "dims", None), "n_audio_ctx", None)
+    if n_ctx is None:
+        raise ModelError(f"audio_ctx {audio_ctx!r}: this model family runs its full window only; use auto or full")
+    try:
+        margin = int(audio_ctx)
+    except (TypeError, ValueError):
+        margin = -1
+    if isinstance(audio_ctx, bool) or margin < 0 or margin > n_ctx:
+        raise ModelError(f"audio_ctx must be full, auto or a margin 0..{n_ctx} encoder positions, got {audio_ctx!r}")
+    return margin
+
+
 def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, model: str | Path | Whisper,
                 gates: str | Path | nn.Module | None, budget: float | None, scope: str | None, force: bool,
-                progress: bool, tokenizer: str | Path | None, log: Callable[[str], None]) -> Path:
+                progress: bool, tokenizer: str | Path | None, log: Callable[[str], None],
+                precision: str | None = None, audio_ctx: str | int | None = "auto", full_vocab: bool = False) -> Path:
     """Write a bundle for ``profile`` with ``target``; see :func:`export_bundle` for the arguments."""
     from edgegate.export.whisper_graphs import alignment_section
 
@@ -209,7 +238,14 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     whisper, model_name, predictor, pred_meta, the_budget = (family.model, family.name, family.predictor,
                                                              family.pred_meta, family.budget)
     out = Path(out) if out is not None else default_out(model_name, profile)
+    ctx = bundle_audio_ctx(audio_ctx, whisper, pred_meta)
     jobs = family.jobs()
+    for j in jobs:  # module graphs only: skip adapters and the predictor stay fp32
+        j.graph.precision = precision or family.precision or profile.precision
+    use_shards = family.tok_path is not None and hasattr(target, "shards") and not full_vocab
+    shards = _shards(family.tok_path, whisper.dims.n_vocab) if use_shards else None
+    if shards is not None:
+        target.shards = shards.shards
     graphs = [g for j in jobs for g in (j.graph, j.adapter) if g is not None]
     if predictor is not None:
         graphs.append(predictor_job(predictor, len(whisper.gate_names)))
@@ -223,14 +259,15 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
             written = target.write(graphs, w, tick, Limits.from_dict(manifest["execution"]))
         finally:
             bar.close()
-        manifest["decoding"]["audio_ctx"] = (pred_meta.get("gate_set") or {}).get("audio_ctx")
+        manifest["decoding"]["audio_ctx"] = ctx
         manifest.update({
             "module_format": target.format,
-            "modules": [module_spec(j, written).to_dict() for j in jobs],
+            "modules": [module_spec(j, written, target.precisions).to_dict() for j in jobs],
             "predictor": None if predictor is None else predictor_entry(written[PREDICTOR], predictor, pred_meta,
                                                                         gates),
             "alignment": None if align_meta is None else alignment_section(align_meta, written),
             "tokenizer": family.files(w),
+            "vocabulary": _vocabulary_entry(w, shards, getattr(target, "token_embedding", None)),
             "profile": profile.to_dict(),
             "budget": the_budget.to_dict() if predictor is not None else None,
             **target.sections(),
@@ -259,6 +296,8 @@ class FamilyExport:
     manifest: Callable[[], dict[str, Any]]
     files: Callable[[BundleWriter], dict[str, Any]]  # writes tokenizer (and frontend) files; the tokenizer entry
     alignment: Callable[[], tuple[list[GraphJob], dict[str, Any]]] | None = None  # word-timestamp graphs
+    tok_path: Path | None = None  # a Whisper tokenizer: the bundle gets its vocabulary shards
+    precision: str | None = None  # the family's module precision when --precision is not given (None: profile's)
 
 
 def _family(model: Any, tokenizer: str | Path | None, gates: Any, profile: DeviceProfile, budget: float | None,
@@ -273,7 +312,27 @@ def _family(model: Any, tokenizer: str | Path | None, gates: Any, profile: Devic
         model, tokenizer, gates, profile, budget, scope)
     return FamilyExport(whisper, name, predictor, pred_meta, the_budget, lambda: module_jobs(whisper),
                         lambda: family_manifest(whisper, name), lambda w: _tokenizer_entry(w, tok_path),
-                        lambda: alignment_jobs(whisper, name))
+                        lambda: alignment_jobs(whisper, name), tok_path)
+
+
+def _shards(tok_path: Path, n_vocab: int) -> Any:
+    from edgegate.tokenizer import WhisperTokenizer
+    from edgegate.vocabulary import shipped_shards
+
+    return shipped_shards(WhisperTokenizer.from_file(tok_path), n_vocab)
+
+
+def _vocabulary_entry(w: BundleWriter, shards: Any, table: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's ``vocabulary``: the shard file and which shards are on by default (None: full only)."""
+    from edgegate.vocabulary import DEFAULT_ON, SHIPPED
+
+    if shards is None or table is None or not table.get("shard_templates"):
+        return None
+    w.copy_in(SHIPPED, "vocab_shards.npz")
+    return {"file": "vocab_shards.npz", "languages": shards.languages, "default_on": list(DEFAULT_ON),
+            "translate": "en", "sizes": {k: int(len(v)) for k, v in shards.shards.items()},
+            "note": "per (language, task) the logits graph computes only the shard's rows (translate: English); "
+                    "off with full_vocab / --full-vocab; languages outside default_on use the full vocabulary"}
 
 
 def _tokenizer_entry(w: BundleWriter, tok_path: Path) -> dict[str, Any]:
@@ -288,8 +347,15 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
                   model: str | Path | Whisper = "whisper-base", gates: str | Path | nn.Module | None = None,
                   budget: float | None = None, scope: str | None = None, force: bool = False,
                   progress: bool = True, tokenizer: str | Path | None = None,
-                  opset: int | None = None, log: Callable[[str], None] | None = None) -> Path:
+                  opset: int | None = None, log: Callable[[str], None] | None = None,
+                  precision: str | None = None, audio_ctx: str | int | None = "auto",
+                  full_vocab: bool = False) -> Path:
     """Write a bundle directory for ``target``; returns its path.
+
+    ``precision``: the module graphs' (``fp32``, ``int8``, ``fp16``; None = the profile's: cpu and
+    android int8, jetson fp16); the predictor and skip adapters stay fp32. ``audio_ctx``: the
+    bundle's encoder-context rule (see :func:`bundle_audio_ctx`). ``full_vocab``: write no vocabulary
+    shards (every request decodes over the full vocabulary).
 
     ``gates``: a gate set (the ``--out`` directory of ``edgegate train-gates`` or a shipped name:
     its adaptation is applied to the model first, its scope and ``audio_ctx`` travel with the
@@ -302,16 +368,19 @@ def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProf
     log = log or (lambda msg: print(msg, file=sys.stderr))
     profile = get_profile(target)
     check_request(profile, out, model, gates, budget, force)
+    if precision is not None and precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
     if profile.format == "pte":
         from edgegate.export import executorch_export
 
         return executorch_export.export_executorch_bundle(out=out, target=profile, model=model, gates=gates,
                                                           budget=budget, scope=scope, force=force,
-                                                          progress=progress, tokenizer=tokenizer, log=log)
+                                                          progress=progress, tokenizer=tokenizer, log=log,
+                                                          precision=precision, audio_ctx=audio_ctx)
     from edgegate.export.onnx_export import OnnxTarget
 
     return export_with(OnnxTarget(opset or profile.opset), out, profile, model, gates, budget, scope, force,
-                       progress, tokenizer, log)
+                       progress, tokenizer, log, precision, audio_ctx, full_vocab)
 
 
 def check_request(profile: DeviceProfile, out: str | Path | None, model: str | Path | Whisper,
@@ -326,4 +395,5 @@ def check_request(profile: DeviceProfile, out: str | Path | None, model: str | P
 
 
 __all__ = ["export_bundle", "export_with", "check_request", "load_model", "load_gates", "load_export_inputs",
-           "predictor_job", "predictor_entry", "module_spec", "default_out", "Target", "PREDICTOR", "FamilyExport"]
+           "predictor_job", "predictor_entry", "module_spec", "bundle_audio_ctx", "default_out", "Target", "PREDICTOR",
+           "FamilyExport"]

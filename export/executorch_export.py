@@ -203,6 +203,33 @@ def export_program(module: nn.Module, specs: Sequence[TensorSpec], bounds: dict[
                                    strict=False)
 
 
+def quantize_program(ep: Any, specs: Sequence[TensorSpec], bounds: dict[str, tuple[int, int, int]]
+                     ) -> tuple[Any, bool]:
+    """XNNPACK's 8-bit dynamically quantised linears (per-channel int8 weights, activations per call).
+
+    Returns ``(program, quantised)``; a method without linears (the conv stem, a LayerNorm, the
+    embedding gather) comes back as it was and ``quantised`` is False.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    example = _example(specs)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_pt2e(ep.module(), quantizer)
+        prepared(*example)
+        converted = convert_pt2e(prepared)
+        quantised = any("quantize" in str(n.target) for n in converted.graph.nodes if n.op == "call_function")
+        if not quantised:
+            return ep, False
+        return torch.export.export(converted, example, dynamic_shapes=_dynamic_shapes(specs, bounds),
+                                   strict=False), True
+
+
 class _Method:
     """One method of the program: a graph job in its ExecuTorch form and (ExecuTorch) signature."""
 
@@ -334,6 +361,7 @@ class ExecuTorchTarget:
         self.bounds: dict[str, tuple[int, int, int]] = {}
         self.methods: list[str] = []
         self.seconds: dict[str, float] = {}
+        self.precisions: dict[str, str] = {}
 
     def steps(self, graphs: Sequence[GraphJob]) -> int:
         return 2 * len(graphs) + 1  # torch.export and XNNPACK partitioning per method, then the emitter
@@ -347,6 +375,15 @@ class ExecuTorchTarget:
         for m in methods:
             try:
                 programs[m.name] = export_program(m.module, m.inputs, self.bounds)
+                self.precisions[m.name] = "fp32"
+                if m.job.precision == "int8":
+                    programs[m.name], quantised = quantize_program(programs[m.name], m.inputs, self.bounds)
+                    self.precisions[m.name] = "int8" if quantised else "fp32"
+                elif m.job.precision != "fp32":
+                    raise ModelError(f"the ExecuTorch target writes fp32 or int8 methods, not {m.job.precision}; "
+                                     "export with --precision int8 or fp32")
+            except ModelError:
+                raise
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise ModelError(f"torch.export failed for {m.name} ({first}); this model cannot be exported to "
@@ -372,7 +409,10 @@ class ExecuTorchTarget:
                 for m in methods}
 
     def sections(self) -> dict[str, Any]:
-        return {"executorch": {
+        quantization = {"quantization": {"int8": {
+            "method": "XNNPACK dynamic", "weights": "int8 per output channel (symmetric)",
+            "activations": "int8 per call (dynamic)", "ops": "linear"}}} if "int8" in self.precisions.values() else {}
+        return {**quantization, "executorch": {
             "program": PTE_FILE, "methods": self.methods, "delegate": "XnnpackBackend",
             "axes": {k: list(v) for k, v in self.bounds.items()},
             "max_batch": self.max_batch, "max_step_tokens": self.max_step_tokens,
@@ -398,7 +438,8 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
                              scope: str | None = None, force: bool = False, progress: bool = True,
                              tokenizer: str | Path | None = None, log: Callable[[str], None] | None = None,
                              max_batch: int = DEFAULT_MAX_BATCH,
-                             max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS) -> Path:
+                             max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS, precision: str | None = None,
+                             audio_ctx: str | int | None = "auto") -> Path:
     """Write an ExecuTorch bundle (one multi-method ``model.pte``) for ``target``; returns its path.
 
     Arguments as :func:`edgegate.export.core.export_bundle` (whose ``target`` profile says
@@ -411,7 +452,7 @@ def export_executorch_bundle(out: str | Path | None = None, target: str | Path |
     profile = get_profile(target)
     check_request(profile, out, model, gates, budget, force)
     return export_with(ExecuTorchTarget(max_batch, max_step_tokens), out, profile, model, gates, budget, scope,
-                       force, progress, tokenizer, log)
+                       force, progress, tokenizer, log, precision, audio_ctx)
 
 
 __all__ = ["export_executorch_bundle", "ExecuTorchTarget", "export_program", "lower", "method_shapes",

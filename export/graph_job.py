@@ -28,6 +28,8 @@ class GraphJob:
     example: tuple[Tensor, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    precision: str = "fp32"  # asked of the target; module graphs get the export's, adapters and predictor stay fp32
+    shares: str | None = None  # a weight stored once for the graphs that name it ("token_embedding")
 
 
 @dataclass

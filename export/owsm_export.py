@@ -80,7 +80,8 @@ def family_export(model: str | Path | OwsmCheckpoint, gates: Any, profile: Devic
             raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this OWSM model")
     return FamilyExport(ckpt.model.eval(), name, predictor, meta, the_budget,
                         lambda: module_jobs(ckpt.model, window_frames(ckpt)),
-                        lambda: family_manifest(ckpt, name), lambda w: write_family_files(w, ckpt))
+                        lambda: family_manifest(ckpt, name), lambda w: write_family_files(w, ckpt),
+                        precision="fp32")  # int8 OWSM modules are untested against ESPnet: opt in with --precision
 
 
 __all__ = ["is_owsm", "family_export", "load_owsm_gates"]

@@ -5,11 +5,16 @@ Built-in targets (``edgegate profiles`` lists them):
 =================  ==========================  =========  =======  ======  =======
 target             backends (in order)         precision  threads  budget  scope
 =================  ==========================  =========  =======  ======  =======
-cpu                onnxruntime                 fp32       2        0.3     both
-android            executorch, onnxruntime     fp32       4        0.4     both
+cpu                onnxruntime                 int8       2        0.3     both
+android            executorch, onnxruntime     int8       4        0.4     both
 jetson-orin-nano   tensorrt, onnxruntime       fp16       6        0.5     decoder
 jetson-agx-orin    tensorrt, onnxruntime       fp16       8        0.3     decoder
 =================  ==========================  =========  =======  ======  =======
+
+Precision is the module graphs' (``edgegate export --precision`` overrides it): int8 is dynamic
+int8 weights with reduce_range on ONNX Runtime (:data:`edgegate.export.quantize.PRECISION_METHODS`)
+and XNNPACK's dynamically quantised linears in a ``.pte``; fp16 is what TensorRT builds its
+engines in. The gate predictor and skip adapters always stay fp32.
 
 ``--target jetson`` means ``jetson-orin-nano``. The budgets follow DESIGN.md section 5: on CPU
 the encoder dominates so both scopes are gated; on a Jetson GPU the autoregressive decoder is
@@ -41,7 +46,7 @@ from typing import Any
 from edgegate.budget import COST_UNITS, SCOPES, validate_budget
 from edgegate.errors import EdgegateError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "int8", "fp16")
 FORMATS = ("onnx", "pte")
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -105,10 +110,10 @@ class DeviceProfile:
 
 
 BUILTIN: dict[str, DeviceProfile] = {p.name: p for p in (
-    DeviceProfile("cpu", "x86-64 / arm64 CPU with ONNX Runtime", ("onnxruntime",), "onnx", "fp32", "cpu",
+    DeviceProfile("cpu", "x86-64 / arm64 CPU with ONNX Runtime", ("onnxruntime",), "onnx", "int8", "cpu",
                   threads=2, budget=0.3, scope="both"),
     DeviceProfile("android", "Android phone, ExecuTorch with XNNPACK (ONNX Runtime as fallback)",
-                  ("executorch", "onnxruntime"), "pte", "fp32", "cpu", threads=4, budget=0.4, scope="both"),
+                  ("executorch", "onnxruntime"), "pte", "int8", "cpu", threads=4, budget=0.4, scope="both"),
     DeviceProfile("jetson-orin-nano", "NVIDIA Jetson Orin Nano, TensorRT fp16 (engines built on the device)",
                   ("tensorrt", "onnxruntime"), "onnx", "fp16", "gpu", threads=6, budget=0.5, scope="decoder"),
     DeviceProfile("jetson-agx-orin", "NVIDIA Jetson AGX Orin, TensorRT fp16 (engines built on the device)",

@@ -42,6 +42,22 @@ WEIGHT_OPS = ("MatMul", "Gemm")
 MIN_WEIGHT_ELEMENTS = 4096
 
 
+# What a bundle precision means for an ONNX module graph (docs/speed.md section 1 measured the choice):
+# int8 = dynamic int8 weights per output channel, 7-bit range (safe on AVX2 CPUs without VNNI);
+# fp16 = fp16 weight storage (TensorRT builds fp16 engines from it; ORT's CPU provider computes in fp32).
+PRECISION_METHODS: dict[str, tuple[str, dict]] = {
+    "int8": ("dynamic", {"reduce_range": True}),
+    "fp16": ("fp16", {}),
+}
+QUANTIZATION_NOTES = {
+    "int8": {"method": "dynamic", "weights": "int8 per output channel (7-bit range: reduce_range)",
+             "activations": "uint8 per tensor, quantised per call", "ops": "MatMul/Gemm with a constant weight",
+             "fp32": "LayerNorm, softmax, GELU, residual adds, attention score and value products, convolutions"},
+    "fp16": {"method": "fp16", "weights": "fp16 storage, cast to fp32 in the graph",
+             "note": "TensorRT builds fp16 engines; ONNX Runtime's CPU provider computes in fp32"},
+}
+
+
 class QuantizeError(EdgegateError):
     """A module graph cannot be quantised as asked (missing file, bad method, no calibration data)."""
 
@@ -216,3 +232,17 @@ def quantize_module(src: str | os.PathLike, dst: str | os.PathLike, method: str 
     finally:
         tmp.unlink(missing_ok=True)
     return QuantizeResult(method, src, dst, src_bytes, dst.stat().st_size, converted, ops)
+
+
+def apply_precision(path: str | os.PathLike, precision: str) -> str:
+    """Rewrite one module graph in place at a bundle ``precision``; returns the precision it now has.
+
+    A graph without MatMul/Gemm weights (the conv stem, a LayerNorm) stays fp32 and says so.
+    """
+    if precision == "fp32":
+        return "fp32"
+    if precision not in PRECISION_METHODS:
+        raise QuantizeError(f"unknown precision {precision!r}; use one of: fp32, {', '.join(PRECISION_METHODS)}")
+    method, options = PRECISION_METHODS[precision]
+    result = quantize_module(path, path, method, **options)
+    return precision if result.weights else "fp32"

@@ -33,6 +33,7 @@ from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
 from edgegate.runtimes.schema import Limits, TensorSpec
 
 from .graph_job import COST_FRAMES, COST_TOKENS, GraphJob, ModuleJob
+from .token_embedding import SHARE
 
 
 # -- graph bodies ------------------------------------------------------------------------------
@@ -256,6 +257,9 @@ def module_jobs(model: Whisper) -> list[ModuleJob]:
                               costs[name], adapters.get(name)))
     jobs.append(always_on(LOGITS, "decoder_step", Logits(model), (ex_t,), xt_in,
                           [_t("logits", f32, ["batch", d.n_vocab], LOGITS_VALUE)]))
+    for j in jobs:  # the tied token embedding: one table for both graphs (edgegate.export.token_embedding)
+        if j.name in (EMBED, LOGITS):
+            j.graph.shares = SHARE
     return jobs
 
 

@@ -63,6 +63,8 @@ from edgegate.runtimes.bundle import Bundle
 from edgegate.runtimes.execution import GraphDecoderState, RunnerList, run_window, runner_list
 from edgegate.runtimes.family import load_frontend, load_tokenizer, owsm_segments, owsm_session_planner, transcribe_owsm
 from edgegate.runtimes.latency import measured_ms
+from edgegate.runtimes.schema import LOGITS
+from edgegate.runtimes.vocab_logits import VocabLogits
 from edgegate.tokenizer import TASKS, WhisperTokenizer
 
 RUNNER_CACHE = 64  # runner lists kept per session: per-request masks vary, memory stays bounded
@@ -74,7 +76,7 @@ class Session:
 
     def __init__(self, bundle: Bundle, backend: Backend, tokenizer: WhisperTokenizer,
                  modules: dict[str, Module], adapters: dict[str, Module], predictor: Module | None,
-                 budget: Budget | None):
+                 budget: Budget | None, vocab_logits: VocabLogits | None = None):
         self.bundle = bundle
         self.backend = backend
         self.tokenizer = tokenizer
@@ -97,15 +99,19 @@ class Session:
         codes = pred.get("language_codes") or default_language_codes(
             int(pred.get("config", {}).get("n_languages", 99)))
         # Through the instance attribute: costs may be replaced on a session (tests spy on them).
+        self.vocab_logits = vocab_logits  # the vocabulary shards' logits graphs (None: full vocabulary only)
+        self._logits_module = next((m.name for m in bundle.modules if any(t.value == LOGITS for t in m.outputs)),
+                                   None)
         self.planner = Planner(self.gate_names, lambda *a, **k: self.costs(*a, **k),
                                self._predict if predictor is not None else None, codes,
-                               missing_predictor=self._no_predictor())
+                               missing_predictor=self._no_predictor(),
+                               vocab_shards=vocab_logits.keys if vocab_logits is not None else ())
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, bundle: str | Path | Bundle, backend: str = "auto", budget: float | Budget | None = None,
              threads: int | None = None, device: str | None = None, verify: bool = True,
-             options: dict[str, Any] | None = None) -> Session:
+             options: dict[str, Any] | None = None, full_vocab: bool = False) -> Session:
         """Open, verify and load a bundle.
 
         ``backend``: "auto" (the profile's order, first installed) or a name ("onnxruntime").
@@ -113,6 +119,8 @@ class Session:
         uses the bundle's (its profile's, when it has a predictor) or runs dense.
         ``threads``/``device`` override the profile's. Every file's SHA-256 is checked before
         any backend is created; a failing bundle raises one-line :class:`BundleError`.
+        ``full_vocab``: never use the bundle's vocabulary shards (every request decodes over the
+        full vocabulary).
         """
         b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=verify)
         profile = b.profile
@@ -131,7 +139,8 @@ class Session:
                 adapters[m.gate] = be.load(b.path / m.adapter, m.adapter_graph.name, m.adapter_method)
         pred = b.predictor
         predictor = be.load(b.path / pred["file"], "predictor", pred.get("method")) if pred else None
-        session = cls(b, be, tokenizer, modules, adapters, predictor, default_budget)
+        vocab = None if full_vocab else VocabLogits.of(b, be, tokenizer)
+        session = cls(b, be, tokenizer, modules, adapters, predictor, default_budget, vocab)
         session.frontend = load_frontend(b)  # None: Whisper's log-mel (edgegate.frontend)
         if session.frontend is not None:  # OWSM plans at its full window's encoder positions
             session.planner = owsm_session_planner(session)
@@ -213,13 +222,17 @@ class Session:
         return self.planner.check_mask(mask)
 
     # -- running -----------------------------------------------------------------------------
-    def runner_list(self, mask: np.ndarray) -> RunnerList:
-        """The runners of a keep mask (cached): see :func:`edgegate.runtimes.execution.runner_list`."""
-        key = np.asarray(mask, dtype=bool).tobytes()
+    def runner_list(self, mask: np.ndarray, vocab: str | None = None) -> RunnerList:
+        """The runners of a keep mask and vocabulary shard (cached): see
+        :func:`edgegate.runtimes.execution.runner_list`; a shard swaps the logits graph for its own."""
+        key = np.asarray(mask, dtype=bool).tobytes() + (vocab or "").encode()
         with self._lock:
             runners = self._runners.get(key)
         if runners is None:
-            runners = runner_list(self.bundle.modules, self.gate_names, mask, self.modules, self.adapters,
+            modules = self.modules
+            if vocab is not None and self.vocab_logits is not None and self._logits_module is not None:
+                modules = {**self.modules, self._logits_module: self.vocab_logits.module(vocab)}
+            runners = runner_list(self.bundle.modules, self.gate_names, mask, modules, self.adapters,
                                   self.limits.state)
             with self._lock:
                 if len(self._runners) >= RUNNER_CACHE:
@@ -231,8 +244,9 @@ class Session:
         """mel (1, n_mels, frames) -> the window's values the decoder reads (audio features' cross K/V)."""
         return run_window(self.runner_list(mask), mel)
 
-    def decoder_state(self, window: dict[str, np.ndarray], mask: np.ndarray) -> GraphDecoderState:
-        return GraphDecoderState(self.runner_list(mask), window, self.limits.text_positions)
+    def decoder_state(self, window: dict[str, np.ndarray], mask: np.ndarray,
+                      vocab: str | None = None) -> GraphDecoderState:
+        return GraphDecoderState(self.runner_list(mask, vocab), window, self.limits.text_positions)
 
     # -- long-form transcription (edgegate.longform, as WhisperModel.transcribe) ---------------
     def resolve_audio_ctx(self, audio_ctx: int | str | None) -> int | None:
@@ -246,8 +260,10 @@ class Session:
             self._alignment = Alignment.of(self.bundle, self.backend)
         return self._alignment
 
-    def ports(self, mask: Sequence[bool] | np.ndarray | None = None, word_timestamps: bool = False) -> ModelPorts:
-        """encode / make_state (/ align) over this bundle with ``mask`` (see ``edgegate.longform``)."""
+    def ports(self, mask: Sequence[bool] | np.ndarray | None = None, word_timestamps: bool = False,
+              vocab: str | None = None) -> ModelPorts:
+        """encode / make_state (/ align) over this bundle with ``mask`` and vocabulary shard ``vocab``
+        (see ``edgegate.longform``)."""
         keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else self.check_mask(mask)
         align = None
         if word_timestamps:
@@ -255,8 +271,8 @@ class Session:
                 raise missing_alignment(self.bundle)
             align = self.alignment.aligner(self.runner_list(keep), lambda w: self.decoder_state(w, keep),
                                            self.backend.max_step_tokens, self.backend.max_batch)
-        return ModelPorts(lambda mel: self.encode(mel, keep), lambda w: self.decoder_state(w, keep), self.tokenizer,
-                          self.limits.n_vocab, self.limits.text_positions, align)
+        return ModelPorts(lambda mel: self.encode(mel, keep), lambda w: self.decoder_state(w, keep, vocab),
+                          self.tokenizer, self.limits.n_vocab, self.limits.text_positions, align)
 
     def _check_request(self, language: str | None, task: str, mask: Any, budget: Any) -> str | None:
         if mask is not None and budget is not None:
@@ -295,12 +311,12 @@ class Session:
 
         def planner(request: RequestFeatures | None) -> tuple[ModelPorts, list[bool], dict]:
             if mask is not None:
-                plan = self.planner.fixed(mask, request or _EMPTY, ctx)
+                plan = self.planner.fixed(mask, request or _EMPTY, ctx, language, task)
             else:
                 plan = self.planner.plan(request or _EMPTY, language, task, spec if request else None, ctx)
             info = plan_info(self.gate_names, plan.kept, ctx)
             info["budget"] = None if plan.budget is None else plan.budget.value
-            return self.ports(plan.mask, word_timestamps), plan.kept, info
+            return self.ports(plan.mask, word_timestamps, plan.vocab), plan.kept, info
 
         return transcribe_long(audio, None, opts, self.limits.n_mels, sample_rate, vad_filter, vad_options,
                                planner=planner)
@@ -342,12 +358,12 @@ class Session:
         features = MelFeatures.of(to_samples(audio, sample_rate), self.limits.n_mels)
         t1 = time.perf_counter()
         timings = {"frontend": t1 - t0, "predictor": 0.0, "encoder": 0.0, "decoder": 0.0}
-        plan = self.planner.fixed(mask, features.request, ctx) if mask is not None else \
+        plan = self.planner.fixed(mask, features.request, ctx, language, task) if mask is not None else \
             self.plan(features, language, task, budget, ctx)
         timings["predictor"] = time.perf_counter() - t1
         keep = plan.mask
         return transcribe_windows(features, plan, lambda mel: self.encode(mel, keep),
-                                  lambda window: self.decoder_state(window, keep), self.tokenizer,
+                                  lambda window: self.decoder_state(window, keep, plan.vocab), self.tokenizer,
                                   self.limits.n_vocab, language, task, beam_size, self.max_tokens, timings, t0,
                                   plan.kept)
 

@@ -33,7 +33,8 @@ def predictor(model):
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, model, predictor) -> Path:
     out = tmp_path_factory.mktemp("export") / "tiny-cpu"
-    return export_bundle(out, "cpu", model, gates=predictor, budget=0.4, progress=False, log=lambda m: None)
+    return export_bundle(out, "cpu", model, gates=predictor, budget=0.4, precision="fp32", progress=False,
+                         log=lambda m: None)
 
 
 def sess(path: Path):

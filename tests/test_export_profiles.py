@@ -10,7 +10,7 @@ def test_builtin_targets_and_alias():
     assert set(BUILTIN) == {"cpu", "android", "jetson-orin-nano", "jetson-agx-orin"}
     assert get_profile("jetson").name == "jetson-orin-nano"
     cpu = get_profile("cpu")
-    assert cpu.backends[0] == "onnxruntime" and cpu.precision == "fp32" and cpu.format == "onnx"
+    assert cpu.backends[0] == "onnxruntime" and cpu.precision == "int8" and cpu.format == "onnx"
     assert get_profile("android").backends[0] == "executorch"
     for name in ("jetson-orin-nano", "jetson-agx-orin"):
         p = get_profile(name)

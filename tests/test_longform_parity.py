@@ -46,8 +46,8 @@ def runtime_backend(base_model, tmp_path_factory):
 
         out = tmp_path_factory.mktemp("longform") / "base-cpu"
         path = export_bundle(out, "cpu", base_model.model, tokenizer=tokenizer_path(resolve_model("whisper-base")),
-                             progress=False, log=lambda m: None)
-        _sessions["base"] = Session.load(path, threads=2)
+                             precision="fp32", progress=False, log=lambda m: None)
+        _sessions["base"] = Session.load(path, threads=2, full_vocab=True)
     return _sessions["base"]
 
 

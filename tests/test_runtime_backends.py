@@ -78,6 +78,9 @@ THREADS = textwrap.dedent('''
     for mode in ("session", "spin"):
         out = OrtBackend(threads=2, device="cpu", options={"threading": mode}).load(path).run({"x": x})[0]
         assert out.tolist() == [0.0, 2.0]
+    for arena in ("shared", "off", "session", "shared"):  # the shared arena registers once per process
+        be = OrtBackend(threads=1, device="cpu", options={"arena": arena})
+        assert be.load(path).run({"x": x})[0].tolist() == [0.0, 2.0] and f"{arena} arena" in be.describe()
     a = OrtBackend(threads=2, device="cpu", options={"threading": "global"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -103,9 +106,38 @@ def test_ort_rejects_methods_and_bad_modes(tmp_path):
 
     with pytest.raises(BackendError, match="threading mode"):
         OrtBackend(options={"threading": "turbo"})
+    with pytest.raises(BackendError, match="arena mode"):
+        OrtBackend(options={"arena": "huge"})
     with pytest.raises(BackendError, match="executorch"):
         OrtBackend(device="cpu").load(tmp_path / "x.onnx", method="forward")
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(BackendError, match="cannot load") as info:
         OrtBackend(device="cpu").load(tmp_path / "bad.onnx")
     assert "\n" not in str(info.value)
+
+
+def test_ort_shrinks_the_arena_once_per_window(tmp_path):
+    """Only the last encoder-stage graph returns the arena's free chunks (after the 1500-position peaks)."""
+    onnx = pytest.importorskip("onnx")
+    from types import SimpleNamespace
+
+    from onnx import TensorProto, helper
+
+    from edgegate.runtimes.backends.ort import OrtBackend
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
+    for name in ("a", "b", "c"):
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / f"{name}.onnx"))
+    graphs = [SimpleNamespace(file="a.onnx", stage="encoder"), SimpleNamespace(file="b.onnx", stage="encoder"),
+              SimpleNamespace(file="c.onnx", stage="decoder_step")]
+    be = OrtBackend(threads=1, device="cpu")
+    be.prepare(tmp_path, graphs, {})
+    mods = {n: be.load(tmp_path / f"{n}.onnx") for n in ("a", "b", "c")}
+    assert [n for n, m in mods.items() if m._run_options is not None] == ["b"]
+    x = np.array([-1.0, 3.0], np.float32)
+    assert all(m.run({"x": x})[0].tolist() == [0.0, 3.0] for m in mods.values())
+    off = OrtBackend(threads=1, device="cpu", options={"arena": "off"})
+    off.prepare(tmp_path, graphs, {})
+    assert off.load(tmp_path / "b.onnx")._run_options is None

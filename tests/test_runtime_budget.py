@@ -41,9 +41,10 @@ def setup(tmp_path_factory):
     tok = WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
     reference = load_gated(gates, model=WhisperModel(tiny_whisper(adapters=()), tok, threads=1))
     gated = export_bundle(root / "gated", "cpu", tiny_whisper(adapters=()), gates=gates, budget=0.4,
-                          progress=False, log=lambda m: None)
-    dense = export_bundle(root / "dense", "cpu", tiny_whisper(), progress=False, log=lambda m: None)
-    return reference, Session.load(gated, threads=1), Session.load(dense, threads=1)
+                          precision="fp32", progress=False, log=lambda m: None)
+    dense = export_bundle(root / "dense", "cpu", tiny_whisper(), precision="fp32", progress=False, log=lambda m: None)
+    # the PyTorch reference decodes over the full vocabulary
+    return reference, Session.load(gated, threads=1, full_vocab=True), Session.load(dense, threads=1, full_vocab=True)
 
 
 def test_default_budget_comes_from_the_bundle(setup):

@@ -20,8 +20,10 @@ from tiny import noise_clip, tiny_whisper  # noqa: E402
 def tiny(tmp_path_factory):
     model = tiny_whisper()
     tok = WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
-    path = export_bundle(tmp_path_factory.mktemp("rt") / "tiny", "cpu", model, progress=False, log=lambda m: None)
-    return WhisperModel(model, tok, threads=1), Session.load(path, threads=1)
+    path = export_bundle(tmp_path_factory.mktemp("rt") / "tiny", "cpu", model, precision="fp32",
+                         progress=False, log=lambda m: None)
+    # the PyTorch reference decodes over the full vocabulary: no shard on the runtime side either
+    return WhisperModel(model, tok, threads=1), Session.load(path, threads=1, full_vocab=True)
 
 
 def masks(names: list[str]) -> dict[str, list[bool]]:
@@ -81,7 +83,7 @@ class Counting(Module):
 
 def test_only_kept_modules_execute(tiny):
     _, loaded = tiny
-    session = Session.load(loaded.bundle)  # a fresh session: wrap before any plan is cached
+    session = Session.load(loaded.bundle, full_vocab=True)  # a fresh session: wrap before any plan is cached
     counts: dict[str, int] = {}
     session.modules = {k: Counting(m, counts, k) for k, m in session.modules.items()}
     session.adapters = {k: Counting(m, counts, k + ".adapter") for k, m in session.adapters.items()}
@@ -103,8 +105,8 @@ def test_only_kept_modules_execute(tiny):
 def base_session(base_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "base-cpu"
     path = export_bundle(out, "cpu", base_model.model, tokenizer=tokenizer_path(resolve_model("whisper-base")),
-                         progress=False, log=lambda m: None)
-    return Session.load(path, threads=2)
+                         precision="fp32", progress=False, log=lambda m: None)
+    return Session.load(path, threads=2, full_vocab=True)
 
 
 def base_masks(names: list[str]) -> dict[str, list[bool]]:
@@ -142,9 +144,9 @@ def test_shipped_gate_set_parity_on_librivox(librivox, tmp_path):
 
     if "whisper-base" not in shipped_gate_sets():
         pytest.skip("no shipped whisper-base gate set in edgegate/assets")
-    path = export_bundle(tmp_path / "gated", "cpu", "whisper-base", gates="whisper-base", progress=False,
-                         log=lambda m: None)
-    session = Session.load(path, threads=2)
+    path = export_bundle(tmp_path / "gated", "cpu", "whisper-base", gates="whisper-base", precision="fp32",
+                         progress=False, log=lambda m: None)
+    session = Session.load(path, threads=2, full_vocab=True)
     reference = load_gated("whisper-base", threads=2)
     assert session.audio_ctx == reference.audio_ctx and session.has_predictor
     for clip, _ in librivox:

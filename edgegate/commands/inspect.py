@@ -50,6 +50,10 @@ def report(bundle, checks) -> str:
         f"{prof.get('precision', '?')}, {prof.get('threads', '?')} threads",
         "budget   " + (f"{budget['value']:g} (scope {budget['scope']}, {budget['cost_unit']})" if budget
                        else "none: no gate predictor, runs dense unless a mask is given"),
+        "weights  " + (", ".join(f"{p}: {q.get('method')} ({q.get('weights')})"
+                                 for p, q in (m.get("quantization") or {}).items()) or "fp32"),
+        "context  " + ("full 30-s encoder context" if (m.get("decoding") or {}).get("audio_ctx") is None
+                       else f"the audio + {m['decoding']['audio_ctx']} encoder positions (dynamic)"),
         "predictor " + (f"{pred['file']} ({_mb(files[pred['file']]['bytes'])} MB)" if pred else "none"),
         f"exported {prov.get('created_utc', '?')} by edgegate {prov.get('edgegate', '?')}, "
         f"torch {prov.get('torch', '?')}, opset {prov.get('onnx_opset', '?')}",
@@ -75,6 +79,15 @@ def report(bundle, checks) -> str:
     for f, n in users.items():
         if n > 1:
             lines.append(f"shared   {f} ({_mb(files.get(f, {}).get('bytes', 0))} MB) holds {n} modules as methods")
+    table = m.get("token_embedding")
+    if table:
+        lines.append(f"shared   {table['file']} ({_mb(table['bytes'])} MB, {table['precision']} token embedding) "
+                     f"read by {', '.join(table['users'])}")
+    vocab = m.get("vocabulary")
+    if vocab:
+        lines.append(f"vocab    shards {', '.join(f'{k} {v}' for k, v in vocab['sizes'].items())} rows of "
+                     f"{bundle.limits.n_vocab}; on by default: {', '.join(vocab['default_on'])} (translate: "
+                     f"{vocab['translate']}); Session.load(full_vocab=True) turns them off")
     lines.append(f"total    {len(files)} files, {_mb(bundle.total_bytes())} MB; "
                  f"gateable {total_gated / 1e9:.2f} GFLOPs + always-on {always / 1e9:.2f} GFLOPs "
                  f"(at {m['costs']['n_frames']} frames, {m['costs']['n_tokens']} tokens)")
