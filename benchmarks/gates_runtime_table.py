@@ -1,0 +1,78 @@
+"""One table per bundle evaluation: word errors, BLEU, skipped FLOPs and measured ms, median latency per budget.
+
+Reads what ``edgegate eval --bundle B --budgets ...`` wrote (eval.json) and the bundle's measured cost table
+(``edgegate profile B``), counts word errors over whole sets (real clips; synthetic transcribe items summed over
+languages), and writes the table as JSON beside eval.json (``budget_table.json``).
+
+    python benchmarks/gates_runtime_table.py benchmarks/results/gates_edge_decoder_runtime/eval.json BUNDLE
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from common import write_json_atomic
+
+LANGS = ("en", "de", "es", "fr", "it")
+
+
+def rows(report: dict, ms: dict[str, float]) -> list[dict]:
+    import sacrebleu
+
+    from edgegate.textnorm import word_errors
+
+    names, out, dense = report["gate_names"], [], None
+    for b in report["budgets"]:
+        us = [u for u in report["utterances"] if u["budget"] == b]
+        med = statistics.median(u["latency_s"] for u in us)
+        dense = med if b == 0 else dense
+        real = [u for u in us if u["set"] == "real"]
+        re_, rn = word_errors([u["reference"] for u in real], [u["hypothesis"] for u in real], "en")
+        se = sn = 0
+        bleus = []
+        for lang in LANGS:
+            syn = [u for u in us if u["set"] != "real" and u["lang"] == lang]
+            tr = [u for u in syn if u["task"] == "transcribe"]
+            if tr:
+                e, n = word_errors([u["reference"] for u in tr], [u["hypothesis"] for u in tr], lang)
+                se, sn = se + e, sn + n
+            st = [u for u in syn if u["task"] == "translate"]
+            if st:
+                bleus.append(sacrebleu.corpus_bleu([u["hypothesis"] for u in st], [[u["reference"] for u in st]]).score)
+        skipped_ms = statistics.mean(sum(ms[n] for n, k in zip(names, u["mask"], strict=True) if not k) for u in us)
+        out.append({"budget": b, "real_errors": re_, "real_words": rn, "synthetic_errors": se, "synthetic_words": sn,
+                    "synthetic_wer": round(100 * se / max(sn, 1), 2),
+                    "synthetic_bleu_mean": round(statistics.mean(bleus), 2) if bleus else None,
+                    "skipped_gateable_flops": round(statistics.mean(u["skipped_gated"] for u in us), 4),
+                    "skipped_measured_ms": round(skipped_ms, 2), "gateable_ms": round(sum(ms[n] for n in names), 2),
+                    "median_latency_s": round(med, 4), "latency_vs_dense": round(med / dense, 3)})
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    path, bundle = Path(sys.argv[1]), Path(sys.argv[2])
+    report = json.loads(path.read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ms = manifest["costs"].get("ms")
+    if not ms:
+        raise SystemExit(f"{bundle} has no measured cost table: run edgegate profile {bundle}")
+    table = rows(report, ms)
+    write_json_atomic(path.with_name("budget_table.json"), {"eval": str(path), "bundle": str(bundle),
+                                                           "profiled": manifest["costs"].get("ms_meta"), "rows": table})
+    print("| budget | real word errors | synthetic word errors (WER) | synthetic BLEU | skipped gateable FLOPs "
+          "| skipped measured ms | median latency ms | vs dense |\n|---|---|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['budget']:g} | {r['real_errors']} / {r['real_words']} | {r['synthetic_errors']} "
+              f"({r['synthetic_wer']} %) | {r['synthetic_bleu_mean']} | {100 * r['skipped_gateable_flops']:.1f} % | "
+              f"{r['skipped_measured_ms']} of {r['gateable_ms']} | {1000 * r['median_latency_s']:.1f} | "
+              f"{r['latency_vs_dense']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
