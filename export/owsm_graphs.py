@@ -54,6 +54,7 @@ from edgegate.models.owsm_windows import subsampled
 from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
 from edgegate.runtimes.schema import Limits, TensorSpec
 
+from .graph_blocks import Norm, ProjectKV, Residual, costs_section, dot_product_attention, tensor
 from .graph_job import COST_TOKENS, GraphJob, ModuleJob
 
 FRONTEND_FILE = "frontend.npz"
@@ -74,11 +75,7 @@ def window_positions(ckpt: OwsmCheckpoint) -> int:
 # -- graph bodies ------------------------------------------------------------------------------
 def attention(attn: nn.Module, h: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """ESPnet's attention spelled out so that it exports to plain MatMul/Softmax."""
-    q = attn.split_heads(attn.linear_q(h))
-    w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        w = w.masked_fill(mask.logical_not(), float("-inf"))
-    return attn.linear_out(torch.matmul(torch.softmax(w, dim=-1), v).transpose(1, 2).flatten(2))
+    return attn.linear_out(dot_product_attention(attn.split_heads(attn.linear_q(h)), k, v, mask))
 
 
 class Stem(nn.Module):
@@ -135,15 +132,6 @@ class Merge(nn.Module):
         return x + self.proj(z + self.conv(z.transpose(1, 2)).transpose(1, 2))
 
 
-class Norm(nn.Module):
-    def __init__(self, ln: nn.LayerNorm):
-        super().__init__()
-        self.ln = ln
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ln(x)
-
-
 class CachedSelfAttention(nn.Module):
     """Decoder self-attention step with its K/V cache and an in-graph causal mask (as Whisper's)."""
 
@@ -162,13 +150,7 @@ class CachedSelfAttention(nn.Module):
         return x + attention(self.attn, h, k, v, mask), k, v
 
 
-class SourceKV(nn.Module):
-    def __init__(self, attn: nn.Module):
-        super().__init__()
-        self.attn = attn
-
-    def forward(self, xa: Tensor) -> tuple[Tensor, Tensor]:
-        return self.attn.project_kv(xa)
+SourceKV = ProjectKV  # a decoder layer's source-attention K/V, once per window
 
 
 class SourceAttention(nn.Module):
@@ -178,17 +160,6 @@ class SourceAttention(nn.Module):
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return x + attention(self.attn, self.ln(x), k, v)
-
-
-class Residual(nn.Module):
-    """``x + f(LN(x))`` (the decoder's FFN)."""
-
-    def __init__(self, body: nn.Module, ln: nn.LayerNorm):
-        super().__init__()
-        self.body, self.ln = body, ln
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(self.ln(x))
 
 
 class Embed(nn.Module):
@@ -226,8 +197,7 @@ class Adapter(nn.Module):
 F32, I64 = "float32", "int64"
 
 
-def _t(name: str, dtype: str, shape: list[int | str], value: str | None = None) -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(shape), value or name)
+_t = tensor
 
 
 def adapters_of(model: Owsm) -> dict[str, nn.Module]:
@@ -371,16 +341,9 @@ def family_manifest(ckpt: OwsmCheckpoint, model_name: str) -> dict[str, Any]:
         "gate_names": list(model.gate_names),
         # mel_frames_per_position 4: the stem quarters the frame rate (3001 frames -> 749 positions).
         "execution": Limits(d.n_mels, d.n_vocab, positions, positions + PROMPT_POSITIONS, 4, tuple(state)).to_dict(),
-        "costs": {
-            "unit": "flops", "n_frames": positions, "n_tokens": COST_TOKENS,
-            "note": "FLOPs (multiply-add = 2) per gateable module for one full input window and 32 decoder "
-                    "positions; OWSM always runs the full window, the decoder positions vary",
-            "gates": {k: t.at(positions, COST_TOKENS) for k, (t, _) in gate_terms.items()},
-            "gate_param_bytes": {k: 4 * p for k, (_, p) in gate_terms.items()},
-            "always_on": {k: t.at(positions, COST_TOKENS) for k, (t, _) in always_terms.items()},
-            "terms": {"gates": {k: t.to_dict() for k, (t, _) in gate_terms.items()},
-                      "always_on": {k: t.to_dict() for k, (t, _) in always_terms.items()}},
-        },
+        "costs": costs_section(gate_terms, always_terms, positions, COST_TOKENS,
+                               "FLOPs (multiply-add = 2) per gateable module for one full input window and 32 "
+                               "decoder positions; OWSM always runs the full window, the decoder positions vary"),
         "frontend": {"type": "owsm-log-mel", "file": FRONTEND_FILE, "sample_rate": fe.sample_rate,
                      "n_fft": fe.n_fft, "win_length": fe.win_length, "hop_length": fe.hop_length,
                      "n_mels": fe.n_mels, "speech_length": cfg.speech_length},

@@ -32,6 +32,7 @@ from edgegate.models.whisper_layout import EMBED, LN_POST, LOGITS, STEM, cross_k
 from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
 from edgegate.runtimes.schema import Limits, TensorSpec
 
+from .graph_blocks import Norm, ProjectKV, Residual, costs_section, dot_product_attention, tensor
 from .graph_job import COST_FRAMES, COST_TOKENS, GraphJob, ModuleJob
 from .token_embedding import SHARE
 
@@ -39,12 +40,7 @@ from .token_embedding import SHARE
 # -- graph bodies ------------------------------------------------------------------------------
 def attention(attn: MultiHeadAttention, h: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Scaled dot-product attention spelled out so that it exports to plain MatMul/Softmax."""
-    q = attn.split_heads(attn.query(h))
-    w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        w = w.masked_fill(mask.logical_not(), float("-inf"))
-    o = torch.matmul(torch.softmax(w, dim=-1), v)
-    return attn.out(o.transpose(1, 2).flatten(2))
+    return attn.out(dot_product_attention(attn.split_heads(attn.query(h)), k, v, mask))
 
 
 class Stem(nn.Module):
@@ -73,13 +69,7 @@ class SelfAttention(nn.Module):
         return x + attention(self.attn, h, k, v)
 
 
-class MLP(nn.Module):
-    def __init__(self, mlp: nn.Module, ln: nn.LayerNorm):
-        super().__init__()
-        self.mlp, self.ln = mlp, ln
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.mlp(self.ln(x))
+MLP = Residual  # a layer's MLP: x + mlp(LN(x))
 
 
 class CachedSelfAttention(nn.Module):
@@ -101,13 +91,7 @@ class CachedSelfAttention(nn.Module):
         return x + attention(self.attn, h, k, v, mask), k, v
 
 
-class CrossKV(nn.Module):
-    def __init__(self, attn: MultiHeadAttention):
-        super().__init__()
-        self.attn = attn
-
-    def forward(self, xa: Tensor) -> tuple[Tensor, Tensor]:
-        return self.attn.project_kv(xa)
+CrossKV = ProjectKV  # a decoder layer's cross-attention K/V, once per window
 
 
 class CrossAttention(nn.Module):
@@ -132,13 +116,7 @@ class AlignmentScores(nn.Module):
         return torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
 
 
-class LayerNormOnly(nn.Module):
-    def __init__(self, ln: nn.LayerNorm):
-        super().__init__()
-        self.ln = ln
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ln(x)
+LayerNormOnly = Norm  # the encoder's ln_post
 
 
 class Embed(nn.Module):
@@ -173,8 +151,7 @@ class Adapter(nn.Module):
 
 
 # -- the execution plan --------------------------------------------------------------------------
-def _t(name: str, dtype: str, shape: list[int | str], value: str | None = None) -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(shape), value or name)
+_t = tensor
 
 
 def adapters_of(model: Whisper) -> dict[str, nn.Module]:
@@ -318,16 +295,9 @@ def family_manifest(model: Whisper, model_name: str) -> dict:
                   "skip_adapters": sorted(adapters_of(model))},
         "gate_names": list(model.gate_names),
         "execution": Limits(d.n_mels, d.n_vocab, d.n_audio_ctx, d.n_text_ctx, 2, tuple(state)).to_dict(),
-        "costs": {
-            "unit": "flops", "n_frames": COST_FRAMES, "n_tokens": COST_TOKENS,
-            "note": "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
-                    "positions; the runtime evaluates the terms for the real frame and token counts",
-            "gates": {k: t.at(COST_FRAMES, COST_TOKENS) for k, (t, _) in gate_terms.items()},
-            "gate_param_bytes": {k: 4 * p for k, (_, p) in gate_terms.items()},
-            "always_on": {k: t.at(COST_FRAMES, COST_TOKENS) for k, (t, _) in always_terms.items()},
-            "terms": {"gates": {k: t.to_dict() for k, (t, _) in gate_terms.items()},
-                      "always_on": {k: t.to_dict() for k, (t, _) in always_terms.items()}},
-        },
+        "costs": costs_section(gate_terms, always_terms, COST_FRAMES, COST_TOKENS,
+                               "FLOPs (multiply-add = 2) per gateable module for a padded 30-s window and 32 decoder "
+                               "positions; the runtime evaluates the terms for the real frame and token counts"),
         "frontend": {"type": "whisper-log-mel", "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
                      "hop_length": HOP_LENGTH, "n_mels": d.n_mels, "chunk_length": CHUNK_LENGTH,
                      "n_frames": N_FRAMES},
