@@ -28,6 +28,11 @@ timed heldout edgegate corpus synth --out "$C/espeak_heldout" --per-pair 20 --se
 timed heldout2 edgegate corpus synth --out "$C/espeak_heldout2" --per-pair 10 --seed 32 --voices +f5,+m7 --workers 1 --quiet
 OMP_NUM_THREADS=1 timed heldout_kokoro edgegate corpus synth --out "$C/kokoro_heldout" --per-pair 3 --seed 33 \
   --engine kokoro --voices jm_kumo --workers 1 --quiet
+# the natural-voice held-out set the bounds are judged on (Kokoro's 5 voices, none in training): ~5 min
+OMP_NUM_THREADS=1 timed heldout_kokoro2 edgegate corpus synth --out "$C/kokoro_heldout2" --per-pair 20 --seed 34 \
+  --engine kokoro --workers 1 --quiet
+OMP_NUM_THREADS=1 timed heldout_kokoro3 edgegate corpus synth --out "$C/kokoro_heldout3" --per-pair 6 --seed 35 \
+  --engine kokoro --workers 1 --quiet
 
 # 1. adaptation: dynamic context (real frames + U[16, 64] positions), LayerDrop over the decoder, 2 processes
 RESUME=()
@@ -40,7 +45,55 @@ OMP_NUM_THREADS=1 timed adapt torchrun --nproc_per_node 2 --master_port 29611 -m
   --p-dense 0.4 --checkpoint-every 250 --log-every 20 --threads 1 --no-progress "${RESUME[@]}" "${STOP[@]}"
 
 # 2. is dynamic context free? (original vs adapted, full vs dynamic context, real clips + held-out set)
-HELD=(--heldout "$C/espeak_heldout/manifest.jsonl" --heldout "$C/espeak_heldout2/manifest.jsonl"
-      --heldout "$C/kokoro_heldout/manifest.jsonl")
+HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2/manifest.jsonl"
+      --heldout "$C/kokoro_heldout3/manifest.jsonl")
 TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$RUN" "${HELD[@]}" "${TRAIN[@]}"
+
+# 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training
+#    subset (44 utterances per language/task pair: train-gates labels every entry before its first step)
+E=$WORK/eval; G=$WORK/gates; mkdir -p "$E" "$G"
+python - "$C" "$E" "$G" <<'PY'
+import collections, random, sys
+from edgegate.data.librivox import real_clips
+from edgegate.data.manifest import ManifestEntry, read_manifest, write_manifest
+c, e, g = sys.argv[1:4]
+write_manifest(f"{e}/real.jsonl", [ManifestEntry(str(p), "en", "transcribe", r, {"id": u}) for u, p, r in real_clips()])
+train = read_manifest(f"{c}/espeak_train/manifest.jsonl") + read_manifest(f"{c}/espeak_train2/manifest.jsonl")
+seen = {x.extra.get("source_text") or x.text for x in train}
+held = [x for k in ("kokoro_heldout", "kokoro_heldout2", "kokoro_heldout3")
+        for x in read_manifest(f"{c}/{k}/manifest.jsonl") if (x.extra.get("source_text") or x.text) not in seen]
+write_manifest(f"{e}/natural_heldout.jsonl", held)
+pool = read_manifest(f"{c}/espeak_train2/manifest.jsonl")
+random.Random(0).shuffle(pool)
+per, subset = collections.Counter(), []
+for x in pool:
+    if per[(x.lang, x.task)] < 44:
+        per[(x.lang, x.task)] += 1
+        subset.append(x)
+write_manifest(f"{g}/mixed.jsonl", subset)
+PY
+
+# 4. gate sets on the adapted model (decoder and both), FLOPs at its dynamic context; int8 bundles, profiled
+GATES=(--model "$RUN" --batch-size 8 --lr 3e-3 --warmup 10 --alpha 8 --tau 2,0.3 --max-tokens 64 --seed 0 --threads 1
+       --log-every 5 --checkpoint-every 25 --no-progress --target-range 0,0.7 --manifest "$G/mixed.jsonl"
+       --audio-ctx 64 --adapt skip-adapters --adapter-rank 32)
+OMP_NUM_THREADS=1 timed gates_decoder python -m edgegate.commands.train_gates --out "$G/dec_sa" --scope decoder \
+  --steps 300 "${GATES[@]}"
+OMP_NUM_THREADS=1 timed gates_both python -m edgegate.commands.train_gates --out "$G/both_sa" --scope both \
+  --steps 200 --target-power 1.5 "${GATES[@]}"
+for scope in dec both; do
+  B=$WORK/bundles/edge-$scope
+  timed "export_$scope" edgegate export --model "$RUN" --gates "$G/${scope}_sa" --target cpu --out "$B" --force \
+    --no-progress
+  OMP_NUM_THREADS=1 timed "profile_$scope" edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
+  OMP_NUM_THREADS=1 timed "eval_$scope" edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
+    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
+    --out "$REPO/benchmarks/results/gates_edge_${scope/dec/decoder}_runtime"
+  python "$REPO/benchmarks/gates_runtime_table.py" \
+    "$REPO/benchmarks/results/gates_edge_${scope/dec/decoder}_runtime/eval.json" "$B"
+done
+
+# 5. the runtime encoder at full vs dynamic context on the adapted int8 bundle
+OMP_NUM_THREADS=1 timed encoder_runtime python "$REPO/benchmarks/bench_edge_encoder.py" --bundle "$WORK/bundles/edge-dec" \
+  --heldout "$E/natural_heldout.jsonl"
