@@ -7,6 +7,7 @@ projection of the encoder output, a tensor spec) is written once here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +47,17 @@ class Norm(nn.Module):
         return self.ln(x)
 
 
+class Adapter(nn.Module):
+    """A skip adapter's graph: ``x + adapter(x)``, run in place of a skipped module."""
+
+    def __init__(self, adapter: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.adapter(x)
+
+
 class ProjectKV(nn.Module):
     """The cross-attention's K/V of one window's encoder output, computed once per window."""
 
@@ -55,6 +67,30 @@ class ProjectKV(nn.Module):
 
     def forward(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         return self.attn.project_kv(xa)
+
+
+class CachedSelfAttention(nn.Module):
+    """A decoder self-attention step: its K/V cache grown by this step's tokens, an in-graph causal mask.
+
+    A family subclass sets ``attend(attn, h, k, v, mask)``, its attention module's projections around
+    :func:`dot_product_attention`.
+    """
+
+    attend: Callable[..., Tensor]
+
+    def __init__(self, attn: nn.Module, ln: nn.LayerNorm):
+        super().__init__()
+        self.attn, self.ln = attn, ln
+
+    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h = self.ln(x)
+        k_new, v_new = self.attn.project_kv(h)
+        k = torch.cat([k_cache, k_new], dim=2)
+        v = torch.cat([v_cache, v_new], dim=2)
+        t, total = x.shape[1], k.shape[2]
+        query_pos = torch.arange(t, device=x.device) + (total - t)
+        mask = torch.arange(total, device=x.device).unsqueeze(0) <= query_pos.unsqueeze(1)
+        return x + self.attend(self.attn, h, k, v, mask), k, v
 
 
 def tensor(name: str, dtype: str, shape: list[int | str], value: str | None = None) -> TensorSpec:

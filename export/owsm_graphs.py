@@ -54,7 +54,8 @@ from edgegate.models.owsm_windows import subsampled
 from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
 from edgegate.runtimes.schema import Limits, TensorSpec
 
-from .graph_blocks import Norm, ProjectKV, Residual, costs_section, dot_product_attention, tensor
+from . import graph_blocks
+from .graph_blocks import Adapter, Norm, ProjectKV, Residual, costs_section, dot_product_attention, tensor
 from .graph_job import COST_TOKENS, GraphJob, ModuleJob
 
 FRONTEND_FILE = "frontend.npz"
@@ -132,22 +133,10 @@ class Merge(nn.Module):
         return x + self.proj(z + self.conv(z.transpose(1, 2)).transpose(1, 2))
 
 
-class CachedSelfAttention(nn.Module):
+class CachedSelfAttention(graph_blocks.CachedSelfAttention):
     """Decoder self-attention step with its K/V cache and an in-graph causal mask (as Whisper's)."""
 
-    def __init__(self, attn: nn.Module, ln: nn.LayerNorm):
-        super().__init__()
-        self.attn, self.ln = attn, ln
-
-    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h = self.ln(x)
-        k_new, v_new = self.attn.project_kv(h)
-        k = torch.cat([k_cache, k_new], dim=2)
-        v = torch.cat([v_cache, v_new], dim=2)
-        t, total = x.shape[1], k.shape[2]
-        query_pos = torch.arange(t, device=x.device) + (total - t)
-        mask = torch.arange(total, device=x.device).unsqueeze(0) <= query_pos.unsqueeze(1)
-        return x + attention(self.attn, h, k, v, mask), k, v
+    attend = staticmethod(attention)
 
 
 SourceKV = ProjectKV  # a decoder layer's source-attention K/V, once per window
@@ -182,15 +171,6 @@ class Logits(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.ln(x[:, -1]))
-
-
-class Adapter(nn.Module):
-    def __init__(self, adapter: nn.Module):
-        super().__init__()
-        self.adapter = adapter
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.adapter(x)
 
 
 # -- the execution plan --------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from edgegate.models.whisper_layout import EMBED, LN_POST, LOGITS, STEM, cross_k
 from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
 from edgegate.runtimes.schema import Limits, TensorSpec
 
-from .graph_blocks import Norm, ProjectKV, Residual, costs_section, dot_product_attention, tensor
+from . import graph_blocks
+from .graph_blocks import Adapter, Norm, ProjectKV, Residual, costs_section, dot_product_attention, tensor
 from .graph_job import COST_FRAMES, COST_TOKENS, GraphJob, ModuleJob
 from .token_embedding import SHARE
 
@@ -72,23 +73,10 @@ class SelfAttention(nn.Module):
 MLP = Residual  # a layer's MLP: x + mlp(LN(x))
 
 
-class CachedSelfAttention(nn.Module):
+class CachedSelfAttention(graph_blocks.CachedSelfAttention):
     """Decoder self-attention step with its K/V cache and an in-graph causal mask."""
 
-    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm):
-        super().__init__()
-        self.attn, self.ln = attn, ln
-
-    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h = self.ln(x)
-        k_new, v_new = self.attn.project_kv(h)
-        k = torch.cat([k_cache, k_new], dim=2)
-        v = torch.cat([v_cache, v_new], dim=2)
-        t = x.shape[1]
-        total = k.shape[2]
-        query_pos = torch.arange(t, device=x.device) + (total - t)
-        mask = torch.arange(total, device=x.device).unsqueeze(0) <= query_pos.unsqueeze(1)
-        return x + attention(self.attn, h, k, v, mask), k, v
+    attend = staticmethod(attention)
 
 
 CrossKV = ProjectKV  # a decoder layer's cross-attention K/V, once per window
@@ -139,15 +127,6 @@ class Logits(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.matmul(self.ln(x[:, -1]), self.weight.t())
-
-
-class Adapter(nn.Module):
-    def __init__(self, adapter: nn.Module):
-        super().__init__()
-        self.adapter = adapter
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.adapter(x)
 
 
 # -- the execution plan --------------------------------------------------------------------------
