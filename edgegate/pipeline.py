@@ -163,6 +163,14 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
     return Transcription(text, segments, language or "", probability, features.duration, task, mask, timings)
 
 
+def as_segments(r: Transcription) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """A fixed-window :class:`Transcription` in ``transcribe()``'s ``(segments, info)`` shape (the inverse of
+    :func:`collect`): for paths without long-form decoding (OWSM)."""
+    info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
+                             plan={"mask": r.mask}, timings=r.timings)
+    return iter(r.segments), info
+
+
 def collect(segments: Iterator[Segment], info: TranscriptionInfo) -> Transcription:
     """Consume ``transcribe()``'s generator into a :class:`Transcription` (joined text, all segments)."""
     items = list(segments)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgegate.errors import BudgetError, BundleError, EdgegateError
-from edgegate.pipeline import Segment, TranscriptionInfo
+from edgegate.pipeline import Segment, TranscriptionInfo, as_segments
 from edgegate.runtimes.schema import as_choice, as_dict, as_int, as_num, as_str, fail
 
 if TYPE_CHECKING:
@@ -152,7 +152,4 @@ def owsm_segments(session: Session, audio: str | Path | np.ndarray, sample_rate:
     if word_timestamps or vad_filter:
         raise EdgegateError("word timestamps and the VAD filter are Whisper-only for now; drop them for an "
                             "OWSM bundle")
-    r = transcribe_owsm(session, audio, sample_rate, language, task, beam_size, mask, budget)
-    info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
-                             plan={"mask": r.mask}, timings=r.timings)
-    return iter(r.segments), info
+    return as_segments(transcribe_owsm(session, audio, sample_rate, language, task, beam_size, mask, budget))

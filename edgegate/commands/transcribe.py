@@ -11,7 +11,7 @@ from typing import Any
 
 from edgegate.errors import EdgegateError
 from edgegate.formats import EXTENSIONS, FORMATS, render, write_atomic
-from edgegate.pipeline import Segment, TranscriptionInfo
+from edgegate.pipeline import Segment, TranscriptionInfo, as_segments
 
 HELP = """Transcribe or translate audio files with a (gated) Whisper model.
 
@@ -158,10 +158,7 @@ def _fixed_window_transcriber(run: Callable[..., Any], opts: dict[str, Any]) -> 
     from edgegate.audio import load_audio
 
     def transcribe(path: str) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        r = run(load_audio(path), 16000, **opts)
-        info = TranscriptionInfo(r.language, r.language_probability, r.duration, r.duration, None, r.task,
-                                 plan={"mask": r.mask}, timings=r.timings)
-        return iter(r.segments), info
+        return as_segments(run(load_audio(path), 16000, **opts))
 
     return transcribe
 
