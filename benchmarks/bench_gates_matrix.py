@@ -42,7 +42,7 @@ def parse_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def word_error_counts(utts: list[dict], budget: float) -> dict:
+def word_error_counts(utts: list[dict], budget: float, real_set: str = REAL_SET) -> dict:
     """Word errors counted over whole sets at one budget: the real set's, and the synthetic transcribe items'
     summed over languages (a corpus WER: one word is one word, whatever its language's share)."""
     from edgegate.textnorm import word_errors
@@ -51,7 +51,7 @@ def word_error_counts(utts: list[dict], budget: float) -> dict:
     by_lang: dict[tuple[bool, str], list[dict]] = {}
     for u in utts:
         if u["budget"] == budget and u["task"] == "transcribe" and u["reference"]:
-            by_lang.setdefault((u["set"] == REAL_SET, u["lang"]), []).append(u)
+            by_lang.setdefault((u["set"] == real_set, u["lang"]), []).append(u)
     for (real, lang), us in by_lang.items():
         e, n = word_errors([u["reference"] for u in us], [u["hypothesis"] for u in us], lang)
         key = "real" if real else "synthetic"

@@ -21,30 +21,21 @@ LANGS = ("en", "de", "es", "fr", "it")
 
 def rows(report: dict, ms: dict[str, float]) -> list[dict]:
     import sacrebleu
-
-    from edgegate.textnorm import word_errors
+    from bench_gates_matrix import word_error_counts
 
     names, out, dense = report["gate_names"], [], None
     for b in report["budgets"]:
         us = [u for u in report["utterances"] if u["budget"] == b]
         med = statistics.median(u["latency_s"] for u in us)
         dense = med if b == 0 else dense
-        real = [u for u in us if u["set"] == "real"]
-        re_, rn = word_errors([u["reference"] for u in real], [u["hypothesis"] for u in real], "en")
-        se = sn = 0
+        counts = word_error_counts(report["utterances"], b, real_set="real")
         bleus = []
         for lang in LANGS:
-            syn = [u for u in us if u["set"] != "real" and u["lang"] == lang]
-            tr = [u for u in syn if u["task"] == "transcribe"]
-            if tr:
-                e, n = word_errors([u["reference"] for u in tr], [u["hypothesis"] for u in tr], lang)
-                se, sn = se + e, sn + n
-            st = [u for u in syn if u["task"] == "translate"]
+            st = [u for u in us if u["set"] != "real" and u["lang"] == lang and u["task"] == "translate"]
             if st:
                 bleus.append(sacrebleu.corpus_bleu([u["hypothesis"] for u in st], [[u["reference"] for u in st]]).score)
         skipped_ms = statistics.mean(sum(ms[n] for n, k in zip(names, u["mask"], strict=True) if not k) for u in us)
-        out.append({"budget": b, "real_errors": re_, "real_words": rn, "synthetic_errors": se, "synthetic_words": sn,
-                    "synthetic_wer": round(100 * se / max(sn, 1), 2),
+        out.append({"budget": b, **counts,
                     "synthetic_bleu_mean": round(statistics.mean(bleus), 2) if bleus else None,
                     "skipped_gateable_flops": round(statistics.mean(u["skipped_gated"] for u in us), 4),
                     "skipped_measured_ms": round(skipped_ms, 2), "gateable_ms": round(sum(ms[n] for n in names), 2),
@@ -68,7 +59,8 @@ def main() -> int:
           "| skipped measured ms | median latency ms | vs dense |\n|---|---|---|---|---|---|---|---|")
     for r in table:
         print(f"| {r['budget']:g} | {r['real_errors']} / {r['real_words']} | {r['synthetic_errors']} "
-              f"({r['synthetic_wer']} %) | {r['synthetic_bleu_mean']} | {100 * r['skipped_gateable_flops']:.1f} % | "
+              f"({r['synthetic_wer_corpus']} %) | {r['synthetic_bleu_mean']} | "
+              f"{100 * r['skipped_gateable_flops']:.1f} % | "
               f"{r['skipped_measured_ms']} of {r['gateable_ms']} | {1000 * r['median_latency_s']:.1f} | "
               f"{r['latency_vs_dense']} |")
     return 0
