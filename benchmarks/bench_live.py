@@ -13,12 +13,20 @@ tentative transcription at a pause may show the final text before the endpoint).
 (all transcription time, partials included, over audio seconds), RTF of finals only, median and
 p90 latencies, and the process's CPU time / threads / audio seconds (what the RTF would roughly
 be with the cores to ourselves: on a shared machine wall times are inflated by other jobs).
-Targets (DESIGN.md section 6): RTF <= 0.3 on 2 cores, text within 1 s of the end of an utterance.
+Targets (issue 11, 2 threads): RTF <= 0.15 with partials on, and the final's text on screen within
+0.5 s of the end of speech (median). Two latencies are reported because they differ by design: the
+*final line* is committed only after ``--min-silence`` of silence (the VAD endpoint, 0.5 s by
+default, so that line can never come sooner), while the *text* is usually on screen earlier: at
+``post_pad`` (0.2 s) of silence a tentative transcription of exactly the final's audio runs and is
+shown; when the endpoint confirms it, it becomes the final unchanged. The older DESIGN.md targets
+(RTF <= 0.3, text within 1 s) are reported too. On a shared machine, pause other jobs for the run
+(``kill -STOP``) and read ``load average`` and the CPU-time estimate in the output.
 Results go to benchmarks/results/live.json (atomic write).
 
     python benchmarks/bench_live.py                       # PyTorch whisper-base, 2 threads
     python benchmarks/bench_live.py --bundle bundles/whisper-base-cpu --budget 0.3
     python benchmarks/bench_live.py --realtime --no-partials
+    python benchmarks/bench_live.py --bundle /tmp/int8 --audio-ctx 250 --min-silence 0.35
 """
 
 from __future__ import annotations
@@ -34,10 +42,14 @@ from pathlib import Path
 import numpy as np
 from common import write_json_atomic
 
+from edgegate.commands.transcribe import AUDIO_CTX_HELP, audio_ctx_arg
 from edgegate.data.librivox import DEFAULT_DIR, load_clips
+from edgegate.vad import VadConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "live.json"
 SR = 16000
+TARGETS = {"rtf": 0.15, "text_latency": 0.5}  # issue 11
+DESIGN_TARGETS = {"rtf": 0.3, "text_latency": 1.0}  # DESIGN.md section 6
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -46,6 +58,12 @@ def pct(values: list[float], q: float) -> float | None:
 
 def fmt(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def met(summary, targets: dict) -> dict[str, bool]:
+    return {"rtf": summary.rtf is not None and summary.rtf <= targets["rtf"],
+            "text_latency": summary.text_latency_median is not None
+            and summary.text_latency_median <= targets["text_latency"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--silence", type=float, default=1.5, help="seconds of silence between clips (default 1.5)")
     parser.add_argument("--vad", choices=("auto", "energy", "silero"), default="auto")
     parser.add_argument("--no-partials", action="store_true", help="finals only")
-    parser.add_argument("--audio-ctx", type=int, default=None,
-                        help="trimmed encoder context: utterance + N positions (default: full 30 s)")
+    parser.add_argument("--audio-ctx", type=audio_ctx_arg, default=None, metavar="full|auto|N",
+                        help="encoder context of partials and finals (default: the transcriber's own: "
+                             "'auto' on bundles). " + AUDIO_CTX_HELP)
+    parser.add_argument("--min-silence", type=float, default=VadConfig.min_silence, metavar="S",
+                        help=f"a pause this long ends an utterance (default {VadConfig.min_silence}, as edgegate live)")
     parser.add_argument("--realtime", action="store_true", help="replay at wall-clock pace (default: simulated)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DIR, help="folder with the wavs and 'transcription'")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
@@ -96,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         transcriber = load_transcriber(args.bundle, args.model, threads=args.threads)
         load_seconds = time.perf_counter() - t0
         live = LiveTranscriber(transcriber, language="en", budget=args.budget, vad=args.vad,
+                               vad_config=VadConfig(min_silence=args.min_silence),
                                partials=not args.no_partials, audio_ctx=args.audio_ctx, partial_ctx=args.audio_ctx)
         warmup = live.warmup()
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -155,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         # the cores to ourselves (assumes perfect parallelism; spinning threads under contention inflate it).
         "cpu_seconds": cpu,
         "rtf_cpu_estimate": cpu / args.threads / s.audio_seconds if s.audio_seconds else None,
-        "targets": {"rtf": 0.3, "text_latency": 1.0},
-        "met": {"rtf": s.rtf is not None and s.rtf <= 0.3,
-                "text_latency": s.text_latency_median is not None and s.text_latency_median <= 1.0},
+        "min_silence": args.min_silence,
+        "targets": TARGETS,
+        "met": met(s, TARGETS),
+        "design_targets": DESIGN_TARGETS,
+        "design_met": met(s, DESIGN_TARGETS),
+        "final_line_latency_met": s.latency_median is not None and s.latency_median <= TARGETS["text_latency"],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "per_utterance": rows,
@@ -176,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
           f"to text median {fmt(s.text_latency_median)} s, p90 {fmt(result['text_latency_p90'])} s")
     print(f"process CPU {cpu:.1f} s over {wall:.1f} s wall: RTF with {args.threads} idle cores would be about "
           f"{fmt(result['rtf_cpu_estimate'])} (CPU time / threads / audio)")
-    print(f"targets: RTF <= 0.3 {'met' if result['met']['rtf'] else 'NOT met'}; text within 1 s "
-          f"{'met' if result['met']['text_latency'] else 'NOT met'}")
+    checks = (("issue 11", TARGETS, result["met"]), ("DESIGN.md", DESIGN_TARGETS, result["design_met"]))
+    for label, targets, ok in checks:
+        print(f"targets ({label}): RTF <= {targets['rtf']} {'met' if ok['rtf'] else 'NOT met'}; final's text on "
+              f"screen within {targets['text_latency']} s {'met' if ok['text_latency'] else 'NOT met'}")
+    print(f"final line (committed after the {args.min_silence} s endpoint) within {TARGETS['text_latency']} s: "
+          f"{'met' if result['final_line_latency_met'] else 'NOT met'}")
     write_json_atomic(args.output, result)
     print(f"wrote {args.output}")
     return 0
