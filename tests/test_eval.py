@@ -143,3 +143,44 @@ def test_eval_cli_rejects_bad_budgets(tmp_path, capsys):
     assert main(["--manifest", str(tmp_path / "m.jsonl"), "--budgets", "0,1.5", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: budget must be in [0, 1)") and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A tiny random Whisper exported as a cpu bundle whose own context rule is margin 8."""
+    pytest.importorskip("torch")
+    from edgegate.export.core import export_bundle
+
+    from tiny import tiny_whisper
+
+    out = tmp_path_factory.mktemp("eval_bundle") / "tiny"
+    return export_bundle(out, "cpu", tiny_whisper(), precision="fp32", audio_ctx=8, progress=False,
+                         log=lambda m: None)
+
+
+@pytest.mark.parametrize(("flag", "used", "frames"), [("trained", "auto", 2 * (50 + 8)), ("none", "full", 3000),
+                                                      ("20", 20, 2 * (50 + 20))])
+def test_eval_on_a_bundle_runs_the_context_asked_for(tiny_bundle, tmp_path, monkeypatch, flag, used, frames):
+    """--audio-ctx reaches the runtime: 'trained' is the bundle's own rule, 'none' the full window, N a margin."""
+    import soundfile as sf
+
+    from edgegate.commands.eval import main
+    from edgegate.runtimes.session import Session
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (np.random.default_rng(0).standard_normal(16000) * 0.05).astype(np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": str(wav), "lang": "en", "task": "transcribe", "text": "a"}) + "\n")
+    seen = []
+    encode = Session.encode
+
+    def spy(self, mel, mask):
+        seen.append(mel.shape[-1])
+        return encode(self, mel, mask)
+
+    monkeypatch.setattr(Session, "encode", spy)
+    out = tmp_path / "eval"
+    assert main(["--bundle", str(tiny_bundle), "--manifest", str(manifest), "--budgets", "0", "--audio-ctx", flag,
+                 "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    assert json.loads((out / "eval.json").read_text())["audio_ctx"] == used
+    assert seen and set(seen) == {frames}

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", choices=("encoder", "decoder", "both"), default=None,
                    help="budget scope (default: the scope the gates were trained for)")
     p.add_argument("--audio-ctx", default="trained", metavar="MARGIN",
-                   help="encoder context margin: 'trained' (as in gates.json, default), 'none' (full 30 s) or N")
+                   help="encoder context margin: 'trained' (as in gates.json, or the bundle's own rule "
+                        "with --bundle; default), 'none' (full 30 s) or N")
     p.add_argument("--beam-size", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="at most N utterances per manifest")
     p.add_argument("--out", required=True, metavar="DIR", help="where eval.json and the plots go")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.verbose else None
     report = evaluate(sets, transcribe_fn, budgets, names, cost_fn, progress=not args.no_progress, log=log)
     report["gates"] = args.bundle or args.gates
-    report["audio_ctx"] = None if args.bundle else ctx
+    report["audio_ctx"] = runtime_audio_ctx(args.audio_ctx) if args.bundle else ctx
     paths = write_report(report, args.out)
     print(format_table(report))
     print("\n".join(f"wrote {p}" for p in paths.values()))
@@ -124,14 +125,21 @@ def _audio_ctx(text: str, trained: int | None) -> int | None:
     return value
 
 
+def runtime_audio_ctx(text: str) -> int | str:
+    """``--audio-ctx`` for a bundle: 'trained' is the bundle's own rule ("auto"), 'none' the full window."""
+    ctx = _audio_ctx(text, None)
+    return "auto" if text == "trained" else ("full" if ctx is None else ctx)
+
+
 def _runtime(args: argparse.Namespace):
     """The torch-free runtime's Session on the bundle, its gate names and cost function."""
     from edgegate.runtimes.session import Session
 
-    sess = Session.load(args.bundle)
+    sess = Session.load(args.bundle, threads=args.threads)
+    ctx = runtime_audio_ctx(args.audio_ctx)
 
     def transcribe_fn(audio, lang, task, budget):
-        return sess.transcribe_windows(audio, 16000, lang, task, budget=budget)
+        return sess.transcribe_windows(audio, 16000, lang, task, budget=budget, audio_ctx=ctx)
 
     from edgegate.evaluation import request_cost_fn
 
@@ -141,7 +149,7 @@ def _runtime(args: argparse.Namespace):
         full = sess.limits.encoder_positions
         gate_costs = lambda _p, n, **k: sess.costs(full, n, **k)  # noqa: E731
         always_on = lambda _p, n: sess.always_on_flops(full, n)  # noqa: E731
-    return transcribe_fn, list(sess.gate_names), request_cost_fn(gate_costs, always_on, sess.audio_ctx)
+    return transcribe_fn, list(sess.gate_names), request_cost_fn(gate_costs, always_on, sess.resolve_audio_ctx(ctx))
 
 
 def main(argv: list[str] | None = None) -> int:
