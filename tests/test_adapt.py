@@ -94,6 +94,22 @@ def test_p_full_shows_the_student_the_whole_window(corpus, tiny_pt, tokenizer, t
     assert all(m >= 0 for _, m in (student_input(samples, c0, 80, np.random.default_rng(i)) for i in range(20)))
 
 
+def test_teacher_filter_keeps_the_utterances_the_teacher_got_right(corpus, tiny_pt, tokenizer, tmp_path):
+    from edgegate.adapt import Item, teacher_is_right
+    from edgegate.teacher import Targets
+
+    item = Item("u.wav", "en", "transcribe", "the cat sat on the mat")
+
+    def said(text: str) -> Targets:
+        return Targets([], tokenizer.encode(" " + text), True, np.zeros((1, 1, 4), np.float16))
+
+    c = replace(cfg(corpus, tmp_path, tiny_pt), teacher_max_wer=0.5)
+    assert teacher_is_right(said("The cat sat on the mat."), item, tokenizer, c)
+    assert teacher_is_right(said("the cat sat on a hat"), item, tokenizer, c)  # 2 of 6 words wrong
+    assert not teacher_is_right(said("Thank you for watching!"), item, tokenizer, c)
+    assert teacher_is_right(said("Thank you for watching!"), item, tokenizer, replace(c, teacher_max_wer=None))
+
+
 def check_adapted_model_loads(out: Path, tiny_pt: Path) -> None:
     """The adapt directory is a model: base + delta, the context rule, and a SHA-256-checked delta."""
     from safetensors.torch import load_file
@@ -153,6 +169,7 @@ def test_resume_refuses_a_mismatched_run(corpus, tiny_pt, tokenizer, tmp_path):
     (dict(drop_max=1.5), "drop-max"),
     (dict(p_full=1.2), "p-full"),
     (dict(manifests=[]), "no manifest"),
+    (dict(teacher_max_wer=0.0), "teacher-max-wer"),
 ])
 def test_bad_settings_are_one_line_errors(corpus, tiny_pt, tmp_path, change, message):
     from edgegate.adapt import AdaptError

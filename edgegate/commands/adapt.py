@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--p-full", type=float, default=0.0,
                    help="share of utterances the student sees on Whisper's full 30-s window, which keeps the "
                         "full-context path from drifting (default 0; ~0.15 costs ~1.5x per step)")
+    p.add_argument("--teacher-max-wer", type=float, default=None, metavar="X",
+                   help="learn only from utterances whose teacher output has WER <= X against the manifest's "
+                        "text (translate: the English reference); on robotic TTS the teacher often hallucinates, "
+                        "and its hidden states then say nothing about the audio (e.g. 0.5; default: all)")
     p.add_argument("--p-dense", type=float, default=0.4,
                    help="share of utterances that run with no drops (default 0.4)")
     p.add_argument("--train", choices=("blocks", "encoder"), default="blocks",
@@ -83,7 +87,7 @@ def config_from_args(args: argparse.Namespace):
         manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
         drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, p_full=args.p_full, train=args.train,
-        kl_weight=args.kl_weight,
+        kl_weight=args.kl_weight, teacher_max_wer=args.teacher_max_wer,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
         stop_after=args.stop_after, threads=args.threads, progress=not args.no_progress,
