@@ -7,18 +7,18 @@
 #                                                      # after that step; rerun the same command to resume
 #
 # Every stage is resumable: the corpus builder skips finished wavs, the teacher cache skips cached
-# utterances, the adaptation resumes from WORK/runs/edge1/checkpoint. Stage wall times go to
+# utterances, the adaptation resumes from WORK/runs/edge/checkpoint. Stage wall times go to
 # WORK/recipe_times.tsv. Measured on the 2-core dev box (1 thread per process, 2 processes, other jobs
 # sharing the cores): corpus 73 s + 26 s (espeak, 9,450 utterances, 6.4 h of speech), held-out 15 s;
 # adaptation ~2 steps per 7 s in the first epoch (teacher on the full 30-s window, then the student).
 set -euo pipefail
 WORK=${1:-$HOME/.cache/edgegate/adapt}
-STEPS=${STEPS:-20000}
+STEPS=${STEPS:-8000}
 cd "$(dirname "$0")/.."
 REPO=$PWD
 mkdir -p "$WORK/corpus" "$WORK/runs"
 C=$WORK/corpus
-RUN=$WORK/runs/edge1
+RUN=$WORK/runs/edge
 timed() { local name=$1; shift; local t0; t0=$(date +%s); "$@"; echo -e "$name\t$(( $(date +%s) - t0 ))" >> "$WORK/recipe_times.tsv"; }
 
 # 0. corpus: espeak-ng en/de/es/fr/it x transcribe/translate, voices +f5/+m7 held out of training
@@ -34,20 +34,43 @@ OMP_NUM_THREADS=1 timed heldout_kokoro2 edgegate corpus synth --out "$C/kokoro_h
 OMP_NUM_THREADS=1 timed heldout_kokoro3 edgegate corpus synth --out "$C/kokoro_heldout3" --per-pair 6 --seed 35 \
   --engine kokoro --workers 1 --quiet
 
-# 1. adaptation: dynamic context (real frames + U[16, 64] positions), LayerDrop over the decoder, 2 processes
+# natural voices for training: ten blends of two Kokoro voices (the five pure voices stay held out), 25 min
+OMP_NUM_THREADS=1 timed corpus_blend edgegate corpus synth --out "$C/kokoro_blend_train" --engine kokoro-blend \
+  --per-pair 70 --seed 41 --workers 1 --quiet
+# training blends minus the held-out set's texts (the held-out set stays whole: 191 utterances)
+python - "$C" <<'PY'
+import sys
+from edgegate.data.manifest import read_manifest, write_manifest
+c = sys.argv[1]
+held = [x for k in ("kokoro_heldout", "kokoro_heldout2", "kokoro_heldout3") for x in read_manifest(f"{c}/{k}/manifest.jsonl")]
+texts = {x.text for x in held} | {x.extra.get("source_text") or x.text for x in held}
+blend = read_manifest(f"{c}/kokoro_blend_train/manifest.jsonl")
+write_manifest(f"{c}/kokoro_blend_train/train_minus_heldout.jsonl",
+               [x for x in blend if x.text not in texts and (x.extra.get("source_text") or x.text) not in texts])
+PY
+
+# 1. adaptation (round 2's current recipe, run edge5): dynamic context (real frames + U[16, 64] positions),
+#    15 % of the utterances on the full window, the encoder only, KL on the logits, and only utterances the
+#    teacher gets right (on espeak it hallucinates on most: benchmarks/teacher_quality.py). Round 2's first
+#    runs (edge1/edge2: all blocks, decoder LayerDrop, every utterance) drifted on translation.
 RESUME=()
 [[ -f "$RUN/checkpoint/state.json" ]] && RESUME=(--resume)
 STOP=()
 [[ -n "${STOP_AFTER:-}" ]] && STOP=(--stop-after "$STOP_AFTER")
 OMP_NUM_THREADS=1 timed adapt torchrun --nproc_per_node 2 --master_port 29611 -m edgegate.commands.adapt \
-  --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" --out "$RUN" \
-  --steps "$STEPS" --repeat 2 --lr 1e-5 --warmup 100 --margin 16,64 --drop-scope decoder --drop-max 0.6 \
-  --p-dense 0.4 --checkpoint-every 250 --log-every 20 --threads 1 --no-progress "${RESUME[@]}" "${STOP[@]}"
+  --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
+  --manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl" --out "$RUN" \
+  --steps "$STEPS" --repeat 2 --lr 1e-5 --warmup 100 --margin 16,64 --p-full 0.15 --kl-weight 0.5 \
+  --drop-scope none --train encoder --teacher-max-wer 0.75 \
+  --checkpoint-every 250 --log-every 20 --threads 1 --no-progress "${RESUME[@]}" "${STOP[@]}"
+timed teacher_quality python "$REPO/benchmarks/teacher_quality.py" --manifest "$C/espeak_train/manifest.jsonl" \
+  --manifest "$C/espeak_train2/manifest.jsonl" --manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl"
 
 # 2. is dynamic context free? (original vs adapted, full vs dynamic context, real clips + held-out set)
 HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2/manifest.jsonl"
       --heldout "$C/kokoro_heldout3/manifest.jsonl")
-TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
+TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl"
+       --train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$RUN" "${HELD[@]}" "${TRAIN[@]}"
 
 # 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training
