@@ -47,7 +47,7 @@ TRAIN_SETS = ("blocks", "encoder")
 MAX_MARGIN = 1500
 CHECKPOINT_DIR = "checkpoint"
 DELTA_FILE = "adaptation.safetensors"
-RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat")
+RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat", "teacher_max_wer")
 
 
 class AdaptError(EdgegateError):
