@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    from edgegate.adapt import teacher_wer
     from edgegate.data.manifest import read_manifest
     from edgegate.models.registry import cache_dir, resolve_model, tokenizer_path
     from edgegate.teacher import TeacherCache
-    from edgegate.textnorm import wer
     from edgegate.tokenizer import WhisperTokenizer
 
     path = resolve_model(args.model)
@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             if not t.finished:
                 unfinished[key] += 1
                 continue
-            hyp = tokenizer.decode([int(x) for x in t.tokens])
-            scores[key].append(wer([e.text], [hyp]))
+            scores[key].append(teacher_wer(t, e.text, tokenizer))
             if len(examples[key]) < 3:
-                examples[key].append(f"{e.text!r} -> {hyp.strip()!r}")
+                examples[key].append(f"{e.text!r} -> {tokenizer.decode([int(x) for x in t.tokens]).strip()!r}")
     rows = {}
     print(f"{'pair':18s} {'cached':>6s} {'loops':>5s} {'median WER':>10s} " +
           " ".join(f"<={t:<4g}" for t in THRESHOLDS))

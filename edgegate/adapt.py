@@ -272,14 +272,16 @@ def targets_for(item: Item, cache: TeacherCache, teacher: Whisper, tokenizer, cf
     return targets
 
 
-def teacher_is_right(targets: Targets, item: Item, tokenizer, cfg: AdaptConfig) -> bool:
-    """True unless ``--teacher-max-wer`` is set and the teacher's output is further from the reference."""
-    if cfg.teacher_max_wer is None:
-        return True
+def teacher_wer(targets: Targets, reference: str, tokenizer) -> float:
+    """WER of the teacher's greedy output against the manifest's reference text."""
     from edgegate.textnorm import wer
 
-    hypothesis = tokenizer.decode([int(t) for t in targets.tokens])
-    return wer([item.text], [hypothesis]) <= cfg.teacher_max_wer
+    return wer([reference], [tokenizer.decode([int(t) for t in targets.tokens])])
+
+
+def teacher_is_right(targets: Targets, item: Item, tokenizer, cfg: AdaptConfig) -> bool:
+    """True unless ``--teacher-max-wer`` is set and the teacher's output is further from the reference."""
+    return cfg.teacher_max_wer is None or teacher_wer(targets, item.text, tokenizer) <= cfg.teacher_max_wer
 
 
 def student_input(samples: np.ndarray, cfg: AdaptConfig, n_mels: int, rng: np.random.Generator

@@ -127,8 +127,10 @@ def _audio_ctx(text: str, trained: int | None) -> int | None:
 
 def runtime_audio_ctx(text: str) -> int | str:
     """``--audio-ctx`` for a bundle: 'trained' is the bundle's own rule ("auto"), 'none' the full window."""
+    if text == "trained":
+        return "auto"
     ctx = _audio_ctx(text, None)
-    return "auto" if text == "trained" else ("full" if ctx is None else ctx)
+    return "full" if ctx is None else ctx
 
 
 def _runtime(args: argparse.Namespace):

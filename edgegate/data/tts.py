@@ -307,14 +307,11 @@ def get_engine(name: str):
     """An engine by name (``espeak``, ``kokoro`` or ``kokoro-blend``), created once; TTSError when it cannot run."""
     if name not in ENGINES:
         raise TTSError(f"unknown TTS engine {name!r}; use one of {', '.join(ENGINES)}")
+    key = "espeak" if name == "espeak" else "kokoro"  # kokoro and kokoro-blend share one model
     with _engines_lock:
-        if name not in _engines:
-            if name == "espeak":
-                _engines[name] = EspeakEngine()
-            else:  # kokoro and kokoro-blend share one model
-                other = "kokoro-blend" if name == "kokoro" else "kokoro"
-                _engines[name] = _engines.get(other) or KokoroEngine()
-        return _engines[name]
+        if key not in _engines:
+            _engines[key] = EspeakEngine() if key == "espeak" else KokoroEngine()
+        return _engines[key]
 
 
 def synthesize(text: str, lang: str, voice: str | None, speed: float, pitch: int,
