@@ -177,7 +177,7 @@ def run_fused(sess: Any, ins: list[str], outs: list[str], env0: dict[str, np.nda
               ) -> np.ndarray:
     feed = {n: env0[n.split("@")[0]] for n in ins}
     feed["keep"] = keep
-    return sess.run(None, feed)[outs.index("x")]
+    return sess.run(feed)[outs.index("x")]
 
 
 # -- measurement --------------------------------------------------------------------------------
@@ -204,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("error: building the fused graphs needs onnx: pip install 'edgegate[export]'", file=sys.stderr)
         return 2
-    import onnxruntime as ort
-
     from edgegate.runtimes.session import Session
 
     session = Session.load(args.bundle, backend="onnxruntime", threads=args.threads)
@@ -220,22 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     masked[drop] = False
     masks = {"dense": np.ones(len(names), dtype=bool), f"keep {args.keep:g}": masked}
 
-    def ort_session(path: Path) -> Any:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
     tmp = Path(tempfile.mkdtemp(prefix="eg-step-"))
     t0 = time.perf_counter()
     ins_if, outs_if = fused_graph(args.bundle, specs, tmp / "fused_if.onnx", None)
-    fused_if = ort_session(tmp / "fused_if.onnx")
+    fused_if = session.backend.load(tmp / "fused_if.onnx")  # the runtime's own session options
     fused_static = {}
     for label, mask in masks.items():
         sub = np.array([mask[names.index(s["gate"])] for s in specs])
         ins, outs = fused_graph(args.bundle, specs, tmp / f"fused_{label}.onnx", sub)
-        fused_static[label] = (ort_session(tmp / f"fused_{label}.onnx"), ins, outs)
+        fused_static[label] = (session.backend.load(tmp / f"fused_{label}.onnx"), ins, outs)
     build_s = time.perf_counter() - t0
     size_mb = {p.name: round(p.stat().st_size / 1e6, 1) for p in tmp.glob("*.onnx")}
     load = os.getloadavg()
