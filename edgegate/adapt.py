@@ -43,7 +43,7 @@ from edgegate.train_loop import checkpoint_due, data_parallel
 from edgegate.weight_delta import model_fingerprint
 
 DROP_SCOPES = ("none", "encoder", "decoder", "both")
-TRAIN_SETS = ("blocks", "encoder")
+TRAIN_SETS = ("blocks", "encoder", "decoder")
 MAX_MARGIN = 1500
 CHECKPOINT_DIR = "checkpoint"
 DELTA_FILE = "adaptation.safetensors"
@@ -116,7 +116,7 @@ class AdaptConfig:
 
 # -- the student -----------------------------------------------------------------------------------
 def trainable_parameters(model: Whisper, which: str) -> dict[str, torch.nn.Parameter]:
-    """Every block, stem and final norm (``blocks``) or the encoder only; never the embeddings.
+    """Every block, stem and final norm (``blocks``), the encoder only or the decoder only; never the embeddings.
 
     The token embedding is also the output projection: keeping it frozen keeps the vocabulary's
     geometry, and lets the teacher's logits be recomputed from its cached final state.
@@ -124,7 +124,8 @@ def trainable_parameters(model: Whisper, which: str) -> dict[str, torch.nn.Param
     frozen = ("decoder.token_embedding", "decoder.positional_embedding", "skip_adapters")
     out = {}
     for name, p in model.named_parameters():
-        if any(name.startswith(f) for f in frozen) or (which == "encoder" and not name.startswith("encoder.")):
+        if any(name.startswith(f) for f in frozen) or which in ("encoder", "decoder") and not name.startswith(
+                f"{which}."):
             continue
         out[name] = p
     return out
@@ -388,6 +389,8 @@ def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float]
     info: dict[str, float] = {}
     usable = (targets.finished or cfg.keep_unfinished) and teacher_is_right(targets, item, run.tokenizer, cfg)
     if usable:
+        if run.student.context_tail and cfg.train != "decoder":
+            run.student.forget_padding_states()  # the padding's states follow the encoder as it learns
         mel, margin = student_input(samples, cfg, run.student.dims.n_mels, rng)
         keep = draw_mask(run.student, cfg, rng)
         loss, info = student_loss(run.student, mel, targets, keep, cfg.kl_weight)
@@ -438,7 +441,8 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
         if due:
             if run.rank == 0:
                 save_checkpoint(run.out, step + 1, run.params, run.opt, cfg, history)
-                write_result(run.out, run.params, run.base, cfg, run.fingerprint, step + 1, history)
+                write_result(run.out, run.params, run.base, cfg, run.fingerprint, step + 1, history,
+                             run.student.context_tail)
             if run.dist:
                 run.dist.barrier()
         if stop:
@@ -452,7 +456,8 @@ def adapt(cfg: AdaptConfig, model: Whisper | None = None, tokenizer=None) -> dic
 
 
 def write_result(out: Path, params: dict[str, torch.nn.Parameter], base: dict[str, torch.Tensor],
-                 cfg: AdaptConfig, fingerprint: str, step: int, history: list[dict]) -> None:
+                 cfg: AdaptConfig, fingerprint: str, step: int, history: list[dict],
+                 context_tail: bool = False) -> None:
     """The shippable result as of ``step``: int8 weight deltas and ``adapt.json`` (both atomic)."""
     from edgegate.runtimes.bundle import sha256_file
     from edgegate.weight_delta import save_delta
@@ -461,7 +466,8 @@ def write_result(out: Path, params: dict[str, torch.nn.Parameter], base: dict[st
             "steps": str(step)}
     path = save_delta({k: p.detach() for k, p in params.items()}, base, out / DELTA_FILE, meta)
     spec = {"base_model": cfg.model, "base_fingerprint": fingerprint, "audio_ctx": cfg.margin[1],
-            "delta": DELTA_FILE, "delta_sha256": sha256_file(path), "steps_done": step, "config": asdict(cfg),
+            "delta": DELTA_FILE, "delta_sha256": sha256_file(path), "context_tail": context_tail, "steps_done": step,
+            "config": asdict(cfg),
             "last_log": history[-1:]}
     tmp = out / ".adapt.json.tmp"
     tmp.write_text(json.dumps(spec, indent=1) + "\n")

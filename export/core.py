@@ -260,6 +260,8 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
         finally:
             bar.close()
         manifest["decoding"]["audio_ctx"] = ctx
+        if getattr(whisper, "context_tail", False):
+            manifest["decoding"]["context_tail"] = True
         manifest.update({
             "module_format": target.format,
             "modules": [module_spec(j, written, target.precisions).to_dict() for j in jobs],

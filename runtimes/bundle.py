@@ -164,6 +164,8 @@ class Bundle:
         decoding = as_dict(m.get("decoding", {}), "decoding")
         as_int(decoding.get("max_tokens", 1), "decoding.max_tokens", 1, self.limits.text_positions)
         as_int(decoding.get("audio_ctx"), "decoding.audio_ctx", 0, self.limits.encoder_positions, none=True)
+        if not isinstance(decoding.get("context_tail", False), bool):
+            raise fail("decoding.context_tail", f"is {show(decoding['context_tail'])}, not true or false")
         self._validate_costs(names)
         self._validate_profile(names)
         pred = m.get("predictor")

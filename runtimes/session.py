@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgegate.budget import Budget, validate_budget
+from edgegate.context_tail import TailCache, extend_window, frame_axes, padding_mel
 from edgegate.errors import BudgetError, EdgegateError
 from edgegate.longform import (
     DEFAULT_TEMPERATURES,
@@ -90,6 +91,9 @@ class Session:
         self.gate_names: list[str] = bundle.gate_names
         decoding = bundle.decoding
         self.audio_ctx: int | None = decoding.get("audio_ctx")
+        # Trimmed windows get the padding's values appended (edgegate.context_tail), computed per mask on first use.
+        self.context_tail = bool(decoding.get("context_tail", False))
+        self._tails = TailCache(self._padding_values)
         self.max_tokens = int(decoding.get("max_tokens", self.limits.text_positions // 2))
         self._gate_terms = [bundle.gate_terms[n] for n in self.gate_names]
         self._always_on_terms = list(bundle.always_on_terms.values())
@@ -241,8 +245,22 @@ class Session:
         return runners
 
     def encode(self, mel: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """mel (1, n_mels, frames) -> the window's values the decoder reads (audio features' cross K/V)."""
-        return run_window(self.runner_list(mask), mel)
+        """mel (1, n_mels, frames) -> the window's values the decoder reads (audio features' cross K/V).
+
+        A trimmed window of a bundle with ``decoding.context_tail`` gets the padding's values appended,
+        so the decoder reads a full window (edgegate.context_tail)."""
+        runners = self.runner_list(mask)
+        window = run_window(runners, mel)
+        full = self.limits.encoder_positions * self.limits.mel_frames_per_position
+        if not self.context_tail or mel.shape[-1] >= full:
+            return window
+        axes = frame_axes([t for r in runners.per_window for t in r.outputs], runners.window_values)
+        return extend_window(window, self._tails.get(np.asarray(mask, dtype=bool).tobytes()), axes)
+
+    def _padding_values(self, key: bytes) -> dict[str, np.ndarray]:
+        mask = np.frombuffer(key, dtype=bool)
+        full = self.limits.encoder_positions * self.limits.mel_frames_per_position
+        return run_window(self.runner_list(mask), padding_mel(self.limits.n_mels, full))
 
     def decoder_state(self, window: dict[str, np.ndarray], mask: np.ndarray,
                       vocab: str | None = None) -> GraphDecoderState:

@@ -233,3 +233,21 @@ def test_augmenter_is_seeded_and_keeps_level_bounded():
     noisy = add_noise(x, 10.0, "white", np.random.default_rng(0))
     snr = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean((noisy - x).astype(np.float64) ** 2))
     assert abs(snr - 10.0) < 0.5
+
+
+def test_decoder_only_adaptation_of_a_context_tail_model(corpus, tiny_pt, tokenizer, tmp_path):
+    """--train decoder leaves the encoder as it was; the student trains on trimmed windows with the tail,
+    and the result says so, so that it loads with the tail again."""
+    from edgegate.adapt import adapt
+    from edgegate.models.loaders import load_whisper
+    from edgegate.weight_delta import read_delta
+
+    out = tmp_path / "run"
+    model = load_whisper(tiny_pt)
+    model.context_tail = True
+    adapt(cfg(corpus, out, tiny_pt, steps=4, train="decoder", drop_scope="decoder"), model=model, tokenizer=tokenizer)
+    spec = json.loads((out / "adapt.json").read_text())
+    assert spec["context_tail"] is True
+    names = set(read_delta(out / spec["delta"])[0])
+    assert names and all(n.startswith("decoder.") for n in names)
+    assert load_whisper(out).context_tail

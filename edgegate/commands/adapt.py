@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and its hidden states then say nothing about the audio (e.g. 0.5; default: all)")
     p.add_argument("--p-dense", type=float, default=0.4,
                    help="share of utterances that run with no drops (default 0.4)")
-    p.add_argument("--train", choices=("blocks", "encoder"), default="blocks",
-                   help="what learns: every block, stem and norm (default), or the encoder only; the token "
+    p.add_argument("--train", choices=("blocks", "encoder", "decoder"), default="blocks",
+                   help="what learns: every block, stem and norm (default), the encoder or the decoder only; the token "
                         "embedding (also the output layer) always stays frozen")
     p.add_argument("--kl-weight", type=float, default=0.0, help="add KL to the teacher's logits")
     p.add_argument("--max-tokens", type=int, default=96, help="teacher tokens per utterance (default 96)")

@@ -182,31 +182,35 @@ def load_openai(path: str | Path) -> Whisper:
 
 # -- adapted (base + weight delta) ------------------------------------------------------------
 def load_adapted(directory: str | Path) -> Whisper:
-    """The base model plus the directory's weight delta, checked by SHA-256 and base fingerprint.
+    """The base model plus the directory's weight delta (if it has one), checked by SHA-256 and base fingerprint.
 
     The model's ``default_audio_ctx`` is the adaptation's encoder-context margin: callers that pass
-    ``audio_ctx="auto"`` run it on the real audio length plus that margin.
+    ``audio_ctx="auto"`` run it on the real audio length plus that margin. ``context_tail`` (a registered
+    edge model's rule) appends the padding's states to trimmed windows (edgegate.context_tail).
     """
     from edgegate.models.registry import read_adapt_spec, resolve_model
     from edgegate.weight_delta import apply_delta, model_fingerprint
 
     directory = Path(directory)
     spec = read_adapt_spec(directory)
-    delta = directory / spec.get("delta", "adaptation.safetensors")
-    if not delta.is_file():
-        raise ModelError(f"{directory}: weight delta {delta.name} is missing; re-run edgegate adapt")
-    expected = spec.get("delta_sha256")
-    if expected:
-        from edgegate.runtimes.bundle import sha256_file
-
-        digest = sha256_file(delta)
-        if digest != expected:
-            raise ModelError(f"{delta}: SHA-256 {digest[:12]}... does not match adapt.json ({expected[:12]}...): "
-                             "the file is damaged or was changed; reinstall or re-run edgegate adapt")
     model = load_whisper(resolve_model(spec["base_model"]))
-    apply_delta(model, delta, model_fingerprint(model))
+    if spec.get("delta", "adaptation.safetensors") is not None:
+        delta = directory / spec.get("delta", "adaptation.safetensors")
+        if not delta.is_file():
+            raise ModelError(f"{directory}: weight delta {delta.name} is missing; re-run edgegate adapt")
+        expected = spec.get("delta_sha256")
+        if expected:
+            from edgegate.runtimes.bundle import sha256_file
+
+            digest = sha256_file(delta)
+            if digest != expected:
+                raise ModelError(f"{delta}: SHA-256 {digest[:12]}... does not match adapt.json ({expected[:12]}...): "
+                                 "the file is damaged or was changed; reinstall or re-run edgegate adapt")
+        apply_delta(model, delta, model_fingerprint(model))
     ctx = spec.get("audio_ctx")
     model.default_audio_ctx = None if ctx is None else int(ctx)
+    # An adaptation of an edge model (a registered rule) inherits its context tail unless it says otherwise.
+    model.context_tail = bool(spec.get("context_tail", model.context_tail))
     return model.eval()
 
 

@@ -35,6 +35,13 @@ MODELS: dict[str, WheelModel] = {
         size=145_217_532,
     ),
 }
+# Registered edge models: a base model plus rules (no weights of their own), written on first use as an
+# adapt.json directory that edgegate.models.loaders.load_adapted reads. whisper-base-edge runs the encoder on
+# the real length + 64 positions with the context tail (edgegate.context_tail): same words as the full
+# window on the real clips, the encoder several times faster (docs/adaptation.md).
+EDGE_MODELS: dict[str, dict] = {
+    "whisper-base-edge": {"base_model": "whisper-base", "delta": None, "audio_ctx": 64, "context_tail": True},
+}
 DEFAULT_MODEL = "whisper-base"
 
 
@@ -87,14 +94,29 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
                 shutil.rmtree(target)
             _assemble(name, MODELS[name], target)
         return target
+    if name in EDGE_MODELS:
+        return _edge_dir(name)
     path = Path(name).expanduser()
     if not path.exists():
-        raise ModelError(f"unknown model {name!r}: not a registered name ({', '.join(MODELS)}) "
+        raise ModelError(f"unknown model {name!r}: not a registered name ({', '.join([*MODELS, *EDGE_MODELS])}) "
                          "and no such file or directory")
     return path
 
 
 ADAPT_SPEC = "adapt.json"  # what edgegate adapt writes beside its weight delta
+
+
+def _edge_dir(name: str) -> Path:
+    """The registered edge model's adapt.json directory in the cache, (re)written when it differs."""
+    target = cache_dir() / "models" / name
+    text = json.dumps({**EDGE_MODELS[name], "registered": name}, indent=1, sort_keys=True)
+    spec = target / ADAPT_SPEC
+    if not spec.is_file() or spec.read_text() != text:
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = spec.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, spec)
+    return target
 
 
 def read_adapt_spec(directory: str | Path) -> dict:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # The shape and the module names live torch-free, where the cost table and the exporter read them too.
+from edgegate.context_tail import PADDING_LOG_MEL
 from edgegate.models.whisper_layout import DECODER_KINDS, ENCODER_KINDS, ModelDims, gate_names  # noqa: F401
 
 
@@ -223,6 +224,10 @@ class Whisper(nn.Module):
         self.skip_adapters = nn.ModuleDict()
         # Encoder-context margin the weights were adapted to (None: Whisper's full 30-s window).
         self.default_audio_ctx: int | None = None
+        # Trimmed contexts get the padding's final states appended (edgegate.context_tail); off for
+        # checkpoints that were adapted to run without them.
+        self.context_tail = False
+        self._tails: dict[tuple, Tensor] = {}
 
     # -- gates -------------------------------------------------------------------------------
     def add_skip_adapters(self, rank: int = 32, names: list[str] | None = None) -> None:
@@ -256,7 +261,26 @@ class Whisper(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def embed_audio(self, mel: Tensor, gates: Tensor | list[Gate] | None = None) -> Tensor:
         per_module = gates if isinstance(gates, list) else self.split_gates(gates)
-        return self.encoder(mel, per_module[: self.n_encoder_gates], self._adapters()[: self.n_encoder_gates])
+        enc_gates, enc_adapters = per_module[: self.n_encoder_gates], self._adapters()[: self.n_encoder_gates]
+        xa = self.encoder(mel, enc_gates, enc_adapters)
+        if not self.context_tail or xa.shape[1] >= self.dims.n_audio_ctx:
+            return xa
+        tail = self.padding_states(enc_gates, enc_adapters)[xa.shape[1]:]
+        return torch.cat([xa, tail.to(xa.dtype).expand(xa.shape[0], -1, -1)], dim=1)
+
+    def forget_padding_states(self) -> None:
+        """Drop the cached padding states (after the encoder's weights change)."""
+        self._tails.clear()
+
+    def padding_states(self, enc_gates: list[Gate], enc_adapters: list) -> Tensor:
+        """The encoder's final states (n_audio_ctx, d) for a window of nothing but padding, under these
+        encoder gates (cached; float gates, as in training, count as dense)."""
+        key = tuple(g if isinstance(g, bool) or g is None else None for g in enc_gates)
+        if key not in self._tails:
+            mel = torch.full((1, self.dims.n_mels, 2 * self.dims.n_audio_ctx), PADDING_LOG_MEL, device=self.device)
+            with torch.no_grad():
+                self._tails[key] = self.encoder(mel, list(key), enc_adapters)[0]
+        return self._tails[key]
 
     def cross_kv(self, audio_features: Tensor, gates: Tensor | list[Gate] | None = None) -> list:
         per_module = gates if isinstance(gates, list) else self.split_gates(gates)

@@ -1,0 +1,137 @@
+"""The context tail: trimmed windows read the padding's states, in PyTorch and on the runtime alike."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgegate.context_tail import PADDING_LOG_MEL, TailCache, extend_window, frame_axes, padding_mel
+
+torch = pytest.importorskip("torch")
+
+from edgegate.errors import BundleError, ModelError  # noqa: E402
+from edgegate.export.core import export_bundle  # noqa: E402
+from edgegate.models.registry import resolve_model, tokenizer_path  # noqa: E402
+from edgegate.runtimes.bundle import Bundle  # noqa: E402
+from edgegate.runtimes.session import Session  # noqa: E402
+from edgegate.tokenizer import WhisperTokenizer  # noqa: E402
+from edgegate.transcriber import WhisperModel  # noqa: E402
+
+from tiny import noise_clip, tiny_whisper  # noqa: E402
+
+
+def test_extend_window_appends_the_tail_positions_along_the_frame_axis():
+    window = {"k": np.ones((1, 2, 3, 4), np.float32), "other": np.zeros(2)}
+    tail = {"k": np.arange(2 * 10 * 4, dtype=np.float32).reshape(1, 2, 10, 4)}
+    out = extend_window(window, tail, {"k": 2})
+    assert out["k"].shape == (1, 2, 10, 4)
+    assert (out["k"][:, :, :3] == 1).all()
+    np.testing.assert_array_equal(out["k"][:, :, 3:], tail["k"][:, :, 3:])
+    assert out["other"] is window["other"]
+    full = {"k": tail["k"].copy()}
+    assert extend_window(full, tail, {"k": 2})["k"] is full["k"]  # a full window is left alone
+
+
+def test_tail_cache_computes_once_per_key():
+    calls = []
+    cache = TailCache(lambda key: calls.append(key) or {"v": np.zeros(1)}, max_entries=2)
+    for key in (b"a", b"a", b"b", b"a", b"c"):
+        cache.get(key)
+    assert calls == [b"a", b"b", b"c"]
+
+
+def test_frame_axes_reads_the_output_specs():
+    class T:
+        def __init__(self, value, shape):
+            self.value, self.shape = value, shape
+
+    outs = [T("xa", ["batch", "frames", 64]), T("cross_k.0", ["kv_batch", 4, "frames", 16]), T("x", [1])]
+    assert frame_axes(outs, ["cross_k.0", "x"]) == {"cross_k.0": 2}
+
+
+def test_pytorch_trimmed_window_gets_the_padding_states():
+    model = tiny_whisper()
+    mel = torch.randn(1, 80, 200)
+    plain = model.embed_audio(mel)
+    assert plain.shape[1] == 100
+    model.context_tail = True
+    with torch.no_grad():
+        xa = model.embed_audio(mel)
+        full = model.encoder(torch.full((1, 80, 3000), PADDING_LOG_MEL), [None] * 4, [None] * 4)
+    assert xa.shape == (1, 1500, 64)
+    torch.testing.assert_close(xa[:, :100], plain)
+    torch.testing.assert_close(xa[:, 100:], full[:, 100:])
+    full_mel = torch.randn(1, 80, 3000)
+    torch.testing.assert_close(model.embed_audio(full_mel), model.encoder(full_mel, [None] * 4, [None] * 4))
+    # a skipped encoder module gives a tail computed without it (cached per encoder mask)
+    gates = torch.ones(len(model.gate_names), dtype=torch.bool)
+    gates[0] = False
+    with torch.no_grad():
+        skipped = model.embed_audio(mel, gates)
+    assert len(model._tails) == 2
+    assert not torch.allclose(skipped[:, 100:], xa[:, 100:])
+
+
+@pytest.fixture(scope="module")
+def tail_pair(tmp_path_factory):
+    model = tiny_whisper()
+    model.context_tail = True
+    model.default_audio_ctx = 16
+    tok = WhisperTokenizer.from_file(tokenizer_path(resolve_model("whisper-base")))
+    path = export_bundle(tmp_path_factory.mktemp("tail") / "tiny", "cpu", model, precision="fp32",
+                         progress=False, log=lambda m: None)
+    return WhisperModel(model, tok, threads=1), Session.load(path, threads=1, full_vocab=True), path
+
+
+def test_runtime_window_matches_pytorch_with_the_tail(tail_pair):
+    ref, session, path = tail_pair
+    assert Bundle.open(path).decoding["context_tail"] is True
+    mel = np.random.default_rng(0).standard_normal((1, 80, 200)).astype(np.float32)
+    mask = np.ones(len(session.gate_names), dtype=bool)
+    window = session.encode(mel, mask)
+    with torch.no_grad():
+        kv = ref.model.cross_kv(ref.model.embed_audio(torch.from_numpy(mel)))
+    key = next(k for k in window if k.startswith("cross_k"))
+    layer = int(key.rsplit(".", 1)[1])
+    assert window[key].shape[2] == 1500
+    np.testing.assert_allclose(window[key][0], kv[layer][0][0].numpy(), atol=2e-4)
+
+
+def test_runtime_tokens_match_pytorch_at_the_models_trimmed_context(tail_pair):
+    ref, session, _ = tail_pair
+    audio = noise_clip(1.5, seed=3)
+    a = ref.transcribe_windows(audio, language="en", audio_ctx="auto")
+    b = session.transcribe_windows(audio, language="en", audio_ctx="auto")
+    assert len(a.tokens) > 0 and b.tokens == a.tokens
+
+
+def test_a_bad_context_tail_field_is_one_line(tail_pair, tmp_path):
+    import shutil
+
+    _, _, path = tail_pair
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["decoding"]["context_tail"] = "yes"
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="decoding.context_tail"):
+        Bundle.open(bad, verify=False)
+
+
+def test_registered_edge_model_is_a_rule_over_the_base(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEGATE_CACHE", str(tmp_path))
+    from edgegate.models import registry
+
+    d = resolve_model("whisper-base-edge")
+    spec = json.loads((d / "adapt.json").read_text())
+    assert spec["base_model"] == "whisper-base" and spec["delta"] is None
+    assert spec["context_tail"] is True and spec["audio_ctx"] == registry.EDGE_MODELS["whisper-base-edge"]["audio_ctx"]
+    (d / "adapt.json").write_text("{}")  # a damaged spec is rewritten, not trusted
+    assert json.loads((resolve_model("whisper-base-edge") / "adapt.json").read_text()) == spec
+    with pytest.raises(ModelError, match="whisper-base-edge"):
+        resolve_model("whisper-base-edgy")
+
+
+def test_padding_mel_is_constant():
+    m = padding_mel(80, 3000)
+    assert m.shape == (1, 80, 3000) and (m == PADDING_LOG_MEL).all()
