@@ -1,9 +1,11 @@
-"""Encoder time per utterance on the torch-free runtime: dynamic vs full encoder context, one bundle.
+"""Dynamic vs full encoder context on the torch-free runtime, one bundle: quality and time per utterance.
 
-For an edge-adapted bundle (``edgegate export --model <adapt dir>``): every real clip of
-pocketsphinx-testdata (and the held-out manifests given) runs dense at full context (Whisper's 30-s
-window) and at the bundle's own rule (``auto``: real length + its margin), the two alternated clip by
-clip, with the runtime's per-stage timings. Prints a table, writes JSON.
+For a bundle with an encoder-context rule (``edgegate export --model whisper-base-edge``, or an edge-adapted
+checkpoint): every real clip of pocketsphinx-testdata (and the held-out manifests given) runs dense at full
+context (Whisper's 30-s window) and at the bundle's own rule (``auto``: real length + its margin, with the
+context tail when the bundle has one), the two alternated clip by clip, with the runtime's per-stage timings.
+Per set: word errors (real clips), WER per language and BLEU per language (synthetic), loops (outputs that hit
+the token limit). Prints tables, writes JSON.
 
     python benchmarks/bench_edge_encoder.py --bundle ~/.cache/edgegate/adapt/bundles/edge3000-dec \\
         [--heldout H.jsonl] [--threads 1]
@@ -27,10 +29,11 @@ def items(heldout: list[str]) -> list[dict]:
     from edgegate.data.librivox import real_clips
     from edgegate.data.manifest import read_manifest
 
-    out = [{"set": "real", "audio": str(p), "lang": "en", "task": "transcribe", "ref": r} for _, p, r in real_clips()]
+    out = [{"set": "real", "id": u, "audio": str(p), "lang": "en", "task": "transcribe", "ref": r}
+           for u, p, r in real_clips()]
     for m in heldout:
-        out += [{"set": "synth", "audio": str(e.audio), "lang": e.lang, "task": e.task, "ref": e.text}
-                for e in read_manifest(m)]
+        out += [{"set": "synth", "id": e.extra.get("id", Path(e.audio).stem), "audio": str(e.audio), "lang": e.lang,
+                 "task": e.task, "ref": e.text} for e in read_manifest(m)]
     return out
 
 
@@ -42,10 +45,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
+    from bench_edge_adaptation import score_set
     from tqdm import tqdm
 
     from edgegate.runtimes.session import Session
-    from edgegate.textnorm import word_errors
 
     session = Session.load(args.bundle, threads=args.threads)
     if session.audio_ctx is None:
@@ -57,28 +60,37 @@ def main() -> int:
             budget = 0.0 if session.has_predictor else None
             r = session.transcribe_windows(it["audio"], language=it["lang"], task=it["task"], audio_ctx=ctx,
                                            budget=budget)
-            runs[ctx].append({"text": r.text, "encoder_s": r.timings["encoder"], "total_s": r.timings["total"],
-                              "decoder_s": r.timings["decoder"], "tokens": len(r.tokens)})
-    report: dict = {"bundle": str(args.bundle), "margin": session.audio_ctx, "threads": args.threads,
-                    "load_average": os.getloadavg(), "rows": {}}
-    real = [i for i, it in enumerate(work) if it["set"] == "real"]
+            runs[ctx].append({"id": it["id"], "set": it["set"], "text": r.text, "encoder_s": r.timings["encoder"],
+                              "total_s": r.timings["total"], "decoder_s": r.timings["decoder"],
+                              "tokens": len(r.tokens), "loop": len(r.tokens) >= session.max_tokens})
+    report: dict = {"bundle": str(args.bundle), "margin": session.audio_ctx, "context_tail": session.context_tail,
+                    "threads": args.threads, "load_average": os.getloadavg(), "rows": {}, "sets": {}}
     for ctx in CONTEXTS:
         rs = runs[ctx]
-        errors, words = word_errors([work[i]["ref"] for i in real], [rs[i]["text"] for i in real], "en")
         report["rows"][ctx] = {"encoder_s_median": round(statistics.median(r["encoder_s"] for r in rs), 4),
-                               "total_s_median": round(statistics.median(r["total_s"] for r in rs), 4),
-                               "real_word_errors": errors, "real_words": words, "n": len(rs)}
+                               "decoder_s_median": round(statistics.median(r["decoder_s"] for r in rs), 4),
+                               "total_s_median": round(statistics.median(r["total_s"] for r in rs), 4), "n": len(rs)}
+        for name in dict.fromkeys(it["set"] for it in work):
+            idx = [i for i, it in enumerate(work) if it["set"] == name]
+            report["sets"].setdefault(name, {})[ctx] = score_set([work[i] for i in idx], [rs[i] for i in idx])
     full, auto = report["rows"]["full"], report["rows"]["auto"]
     report["encoder_ratio"] = round(auto["encoder_s_median"] / full["encoder_s_median"], 3)
     report["total_ratio"] = round(auto["total_s_median"] / full["total_s_median"], 3)
     report["outputs"] = runs
     write_json_atomic(args.out, report)
-    print("| context | encoder s (median) | total s (median) | real word errors |\n|---|---|---|---|")
+    labels = {"full": "full 30 s", "auto": f"real length + {session.audio_ctx}" + (" + tail" if session.context_tail
+                                                                                   else "")}
+    print("| context | encoder s (median) | decoder s (median) | total s (median) |\n|---|---|---|---|")
     for ctx in CONTEXTS:
         r = report["rows"][ctx]
-        label = "full 30 s" if ctx == "full" else f"real length + {session.audio_ctx}"
-        print(f"| {label} | {r['encoder_s_median']} | {r['total_s_median']} | {r['real_word_errors']} / "
-              f"{r['real_words']} |")
+        print(f"| {labels[ctx]} | {r['encoder_s_median']} | {r['decoder_s_median']} | {r['total_s_median']} |")
+    print("\n| set | context | word errors / words | WER % | per language | loops |\n|---|---|---|---|---|---|")
+    for name, by_ctx in report["sets"].items():
+        for ctx, sc in by_ctx.items():
+            per = ", ".join(f"{k} {'BLEU ' + str(g['bleu']) if 'bleu' in g else str(g['wer']) + ' %'}"
+                            for k, g in sc["groups"].items())
+            print(f"| {name} | {labels[ctx]} | {sc['word_errors']} / {sc['ref_words']} | {sc['wer']} | {per} | "
+                  f"{sc['loops']} |")
     print(f"encoder {report['encoder_ratio']}x, total {report['total_ratio']}x; load {report['load_average']} "
           f"-> {args.out}")
     return 0

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from edgegate.frontend import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE
 from edgegate.models.costs import always_on_cost_terms, cross_kv_terms, module_cost_terms
-from edgegate.models.whisper import MultiHeadAttention, Whisper
+from edgegate.models.whisper import MultiHeadAttention, Whisper, with_padding
 from edgegate.models.whisper_layout import EMBED, LN_POST, LOGITS, STEM, cross_kv_name, gate_layout
 from edgegate.runtimes.schema import LOGITS as LOGITS_VALUE
 from edgegate.runtimes.schema import Limits, TensorSpec
@@ -58,15 +58,23 @@ class Stem(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Encoder self-attention residual step (no mask)."""
+    """Encoder self-attention residual step (no mask). With ``padding_kv`` (the context tail of a model that
+    trims its context: this layer's padding keys and values, stored in float16 inside the graph) the frames
+    also attend to positions ``frames ..`` of the padding, as they do at full context."""
 
-    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm):
+    def __init__(self, attn: MultiHeadAttention, ln: nn.LayerNorm, padding_kv: tuple[Tensor, Tensor] | None = None):
         super().__init__()
         self.attn, self.ln = attn, ln
+        self.padded = padding_kv is not None
+        if padding_kv is not None:
+            self.register_buffer("pad_k", padding_kv[0].half())
+            self.register_buffer("pad_v", padding_kv[1].half())
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.ln(x)
         k, v = self.attn.project_kv(h)
+        if self.padded:
+            k, v = with_padding(k, v, (self.pad_k.float(), self.pad_v.float()))
         return x + attention(self.attn, h, k, v)
 
 
@@ -176,9 +184,11 @@ def module_jobs(model: Whisper) -> list[ModuleJob]:
     dec = {(s.layer, s.kind): s.name for s in layout if s.part == "decoder"}
     jobs = [always_on(STEM, "encoder", Stem(model), (torch.randn(1, d.n_mels, F2),),
                       [_t("mel", f32, ["batch", d.n_mels, "mel_frames"])], [_t("x", f32, xa_shape)])]
+    padding_kv = model.padding_kv() if getattr(model, "context_tail", False) else None
     for s in (s for s in layout if s.part == "encoder"):
         block = model.encoder.blocks[s.layer]
-        mod = SelfAttention(block.attn, block.attn_ln) if s.kind == "attn" else MLP(block.mlp, block.mlp_ln)
+        mod = SelfAttention(block.attn, block.attn_ln, None if padding_kv is None else padding_kv[s.layer]) \
+            if s.kind == "attn" else MLP(block.mlp, block.mlp_ln)
         jobs.append(_residual(s.name, s.kind, "encoder", s.layer, mod, (ex_a,), xa_in, xa_out, costs[s.name],
                               adapters.get(s.name)))
     jobs.append(always_on(LN_POST, "encoder", LayerNormOnly(model.encoder.ln_post), (ex_a,), xa_in,

@@ -34,15 +34,16 @@ With --bundle the torch-free runtime runs the exported bundle (its own predictor
 budget) with the same long-form decoding (word timestamps from the bundle's alignment graphs);
 without it, the PyTorch model with the gate set of --gates (default: the shipped one).
 
---audio-ctx: full = Whisper's 30-s encoder window; auto (default) = the model's own rule (an
-edge-adapted model's margin, a bundle's decoding.audio_ctx, a gate set's trained margin; full
-otherwise); N = the real audio length plus N encoder positions (20 ms each). Trimming needs an
-adapted model: the original whisper-base loops on short clips when its context is trimmed.
+--audio-ctx: full = Whisper's 30-s encoder window; auto (default) = the model's own rule
+(whisper-base-edge: the real length + 64 positions; a bundle's decoding.audio_ctx, a gate set's
+trained margin; full otherwise); N = the real audio length plus N encoder positions (20 ms each).
+Trimming needs the context tail of whisper-base-edge (or an edge-adapted model): the plain
+whisper-base loops on short clips when its context is trimmed. Margins under 32 loop even with it.
 """
 
 AUDIO_CTX_HELP = ("encoder context: full (Whisper's 30 s), auto (the model's or bundle's own rule; default) or N "
-                  "(the audio plus N positions of 20 ms); trimming needs an edge-adapted model, the original "
-                  "whisper-base loops on short clips when trimmed")
+                  "(the audio plus N positions of 20 ms); trimming needs whisper-base-edge (its context tail) or an "
+                  "edge-adapted model, the plain whisper-base loops on short clips when trimmed")
 
 
 def audio_ctx_arg(text: str) -> int | str:

@@ -112,10 +112,27 @@ class EncoderBlock(nn.Module):
         self.mlp = mlp(n_state, n_mlp)
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def forward(self, x: Tensor, gates: tuple[Gate, Gate], adapters: tuple = (None, None)) -> Tensor:
-        x = gated_residual(x, gates[0], lambda: self.attn(self.attn_ln(x)), adapters[0])
+    def forward(self, x: Tensor, gates: tuple[Gate, Gate], adapters: tuple = (None, None),
+                padding_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``padding_kv``: this layer's keys and values of a padding-only window (1, H, n_audio_ctx, Dh); a
+        trimmed window's frames then also attend to positions ``frames ..`` of it, as at full context."""
+        x = gated_residual(x, gates[0], lambda: self.self_attention(x, padding_kv), adapters[0])
         x = gated_residual(x, gates[1], lambda: self.mlp(self.mlp_ln(x)), adapters[1])
         return x
+
+    def self_attention(self, x: Tensor, padding_kv: tuple[Tensor, Tensor] | None) -> Tensor:
+        h = self.attn_ln(x)
+        k, v = self.attn.project_kv(h)
+        if padding_kv is not None:
+            k, v = with_padding(k, v, padding_kv)
+        return self.attn.attend(h, k, v)
+
+
+def with_padding(k: Tensor, v: Tensor, padding_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Keys and values (B, H, T, Dh) followed by the padding's at positions T.. (the context tail)."""
+    t = k.shape[2]
+    pk, pv = (p[:, :, t:].to(k.dtype).expand(k.shape[0], -1, -1, -1) for p in padding_kv)
+    return torch.cat([k, pk], dim=2), torch.cat([v, pv], dim=2)
 
 
 class DecoderBlock(nn.Module):
@@ -161,15 +178,21 @@ class AudioEncoder(nn.Module):
                                     for _ in range(dims.n_audio_layer))
         self.ln_post = nn.LayerNorm(d)
 
-    def forward(self, mel: Tensor, gates: list[Gate], adapters: list) -> Tensor:
-        """mel (B, n_mels, 2*T) with T <= n_audio_ctx; fewer frames than 3000 trims the context."""
+    def forward(self, mel: Tensor, gates: list[Gate], adapters: list,
+                padding_kv: list[tuple[Tensor, Tensor]] | None = None, record: list | None = None) -> Tensor:
+        """mel (B, n_mels, 2*T) with T <= n_audio_ctx; fewer frames than 3000 trims the context.
+        ``padding_kv``: every layer's padding keys and values (the context tail); ``record``, when given,
+        receives every layer's own keys and values (how the padding's are computed)."""
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         if x.shape[1] > self.positional_embedding.shape[0]:
             raise ValueError(f"audio has {x.shape[1]} encoder frames, more than n_audio_ctx")
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
         for i, block in enumerate(self.blocks):
-            x = block(x, (gates[2 * i], gates[2 * i + 1]), (adapters[2 * i], adapters[2 * i + 1]))
+            if record is not None:
+                record.append(block.attn.project_kv(block.attn_ln(x)))
+            x = block(x, (gates[2 * i], gates[2 * i + 1]), (adapters[2 * i], adapters[2 * i + 1]),
+                      None if padding_kv is None else padding_kv[i])
         return self.ln_post(x)
 
 
@@ -227,7 +250,7 @@ class Whisper(nn.Module):
         # Trimmed contexts get the padding's final states appended (edgegate.context_tail); off for
         # checkpoints that were adapted to run without them.
         self.context_tail = False
-        self._tails: dict[tuple, Tensor] = {}
+        self._tails: dict = {}  # padding states per encoder mask, and the padding's K/V ("kv")
 
     # -- gates -------------------------------------------------------------------------------
     def add_skip_adapters(self, rank: int = 32, names: list[str] | None = None) -> None:
@@ -262,9 +285,9 @@ class Whisper(nn.Module):
     def embed_audio(self, mel: Tensor, gates: Tensor | list[Gate] | None = None) -> Tensor:
         per_module = gates if isinstance(gates, list) else self.split_gates(gates)
         enc_gates, enc_adapters = per_module[: self.n_encoder_gates], self._adapters()[: self.n_encoder_gates]
-        xa = self.encoder(mel, enc_gates, enc_adapters)
-        if not self.context_tail or xa.shape[1] >= self.dims.n_audio_ctx:
-            return xa
+        if not self.context_tail or mel.shape[-1] >= 2 * self.dims.n_audio_ctx:
+            return self.encoder(mel, enc_gates, enc_adapters)
+        xa = self.encoder(mel, enc_gates, enc_adapters, self.padding_kv())
         tail = self.padding_states(enc_gates, enc_adapters)[xa.shape[1]:]
         return torch.cat([xa, tail.to(xa.dtype).expand(xa.shape[0], -1, -1)], dim=1)
 
@@ -272,15 +295,28 @@ class Whisper(nn.Module):
         """Drop the cached padding states (after the encoder's weights change)."""
         self._tails.clear()
 
+    def padding_kv(self) -> list[tuple[Tensor, Tensor]]:
+        """Every encoder layer's keys and values (1, H, n_audio_ctx, Dh) for a padding-only window, dense,
+        rounded to float16 as bundles store them (cached)."""
+        if "kv" not in self._tails:
+            record: list = []
+            with torch.no_grad():
+                self.encoder(self._padding_mel(), [None] * self.n_encoder_gates, [None] * self.n_encoder_gates,
+                             record=record)
+            self._tails["kv"] = [(k.half().float(), v.half().float()) for k, v in record]
+        return self._tails["kv"]
+
     def padding_states(self, enc_gates: list[Gate], enc_adapters: list) -> Tensor:
         """The encoder's final states (n_audio_ctx, d) for a window of nothing but padding, under these
         encoder gates (cached; float gates, as in training, count as dense)."""
         key = tuple(g if isinstance(g, bool) or g is None else None for g in enc_gates)
         if key not in self._tails:
-            mel = torch.full((1, self.dims.n_mels, 2 * self.dims.n_audio_ctx), PADDING_LOG_MEL, device=self.device)
             with torch.no_grad():
-                self._tails[key] = self.encoder(mel, list(key), enc_adapters)[0]
+                self._tails[key] = self.encoder(self._padding_mel(), list(key), enc_adapters)[0]
         return self._tails[key]
+
+    def _padding_mel(self) -> Tensor:
+        return torch.full((1, self.dims.n_mels, 2 * self.dims.n_audio_ctx), PADDING_LOG_MEL, device=self.device)
 
     def cross_kv(self, audio_features: Tensor, gates: Tensor | list[Gate] | None = None) -> list:
         per_module = gates if isinstance(gates, list) else self.split_gates(gates)
