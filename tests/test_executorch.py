@@ -24,7 +24,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch", reason="ExecuTorch is not installed: pip install torch==2.13.0 executorch==1.4.1")
 
-from edgegate.errors import BackendError, BundleError  # noqa: E402
+from edgegate.errors import BackendError, BundleError, ModelError  # noqa: E402
 from edgegate.export import executorch_export  # noqa: E402
 from edgegate.export.core import export_bundle  # noqa: E402
 from edgegate.export.executorch_export import export_executorch_bundle  # noqa: E402
@@ -313,3 +313,12 @@ def test_whisper_base_gated_parity_on_librivox(librivox, tmp_path_factory):
             assert d.tokens == c.tokens == a.tokens
             if budget == 0.0:
                 assert len(b.tokens) > 5
+
+
+def test_context_tail_model_is_refused_with_one_line(tmp_path):
+    """The context tail's padding slice does not pass torch.export: a clear error, nothing written."""
+    model = tiny_whisper()
+    model.context_tail = True
+    with pytest.raises(ModelError, match="context tail .* ExecuTorch.*--target cpu"):
+        export_executorch_bundle(tmp_path / "tail", "android", model, precision="fp32", **QUIET)
+    assert not (tmp_path / "tail").exists()

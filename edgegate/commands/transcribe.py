@@ -38,7 +38,7 @@ without it, the PyTorch model with the gate set of --gates (default: the shipped
 (whisper-base-edge: the real length + 64 positions; a bundle's decoding.audio_ctx, a gate set's
 trained margin; full otherwise); N = the real audio length plus N encoder positions (20 ms each).
 Trimming needs the context tail of whisper-base-edge (or an edge-adapted model): the plain
-whisper-base loops on short clips when its context is trimmed. Margins under 32 loop even with it.
+whisper-base loops on short clips when its context is trimmed.
 """
 
 AUDIO_CTX_HELP = ("encoder context: full (Whisper's 30 s), auto (the model's or bundle's own rule; default) or N "
