@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The whole edge-adaptation recipe for whisper-base-edge, in one script (issue 10):
-# corpus -> teacher cache + adaptation -> evaluation -> gate sets on the adapted model -> gate evaluation.
+# The whole edge recipe for whisper-base-edge, in one script (issue 10):
+# corpus -> (optional) adaptation -> is dynamic context free? -> gate sets on the edge model -> gate evaluation.
+#
+# Since round 2 session 4, whisper-base-edge is whisper-base plus the context tail (edgegate/context_tail.py):
+# no trained weights, so the adaptation stage runs only with ADAPT=1 (it writes runs/edge, a candidate for
+# a later weight delta: decoder LayerDrop for gates that hold at higher budgets). MODEL is what stages 2-5
+# evaluate and gate: whisper-base-edge by default, or the adaptation's output directory.
 #
 #   bash benchmarks/edge_recipe.sh [WORK_DIR]          # default ~/.cache/edgegate/adapt (outside the work tree)
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
@@ -19,6 +24,7 @@ REPO=$PWD
 mkdir -p "$WORK/corpus" "$WORK/runs"
 C=$WORK/corpus
 RUN=$WORK/runs/edge
+MODEL=${MODEL:-whisper-base-edge}
 timed() { local name=$1; shift; local t0; t0=$(date +%s); "$@"; echo -e "$name\t$(( $(date +%s) - t0 ))" >> "$WORK/recipe_times.tsv"; }
 
 # 0. corpus: espeak-ng en/de/es/fr/it x transcribe/translate, voices +f5/+m7 held out of training
@@ -34,7 +40,9 @@ OMP_NUM_THREADS=1 timed heldout_kokoro2 edgegate corpus synth --out "$C/kokoro_h
 OMP_NUM_THREADS=1 timed heldout_kokoro3 edgegate corpus synth --out "$C/kokoro_heldout3" --per-pair 6 --seed 35 \
   --engine kokoro --workers 1 --quiet
 
-# natural voices for training: ten blends of two Kokoro voices (the five pure voices stay held out), 25 min
+# natural voices for training (the adaptation only): ten blends of two Kokoro voices (the five pure voices stay
+# held out), 25-60 min on one core
+if [[ "${ADAPT:-0}" == 1 ]]; then
 OMP_NUM_THREADS=1 timed corpus_blend edgegate corpus synth --out "$C/kokoro_blend_train" --engine kokoro-blend \
   --per-pair 70 --seed 41 --workers 1 --quiet
 # training blends minus the held-out set's texts (the held-out set stays whole: 191 utterances)
@@ -48,11 +56,13 @@ blend = read_manifest(f"{c}/kokoro_blend_train/manifest.jsonl")
 write_manifest(f"{c}/kokoro_blend_train/train_minus_heldout.jsonl",
                [x for x in blend if x.text not in texts and (x.extra.get("source_text") or x.text) not in texts])
 PY
+fi
 
 # 1. adaptation (round 2's current recipe, run edge5): dynamic context (real frames + U[16, 64] positions),
 #    15 % of the utterances on the full window, the encoder only, KL on the logits, and only utterances the
 #    teacher gets right (on espeak it hallucinates on most: benchmarks/teacher_quality.py). Round 2's first
 #    runs (edge1/edge2: all blocks, decoder LayerDrop, every utterance) drifted on translation.
+if [[ "${ADAPT:-0}" == 1 ]]; then
 RESUME=()
 [[ -f "$RUN/checkpoint/state.json" ]] && RESUME=(--resume)
 STOP=()
@@ -65,13 +75,15 @@ OMP_NUM_THREADS=1 timed adapt torchrun --nproc_per_node 2 --master_port 29611 -m
   --checkpoint-every 250 --log-every 20 --threads 1 --no-progress "${RESUME[@]}" "${STOP[@]}"
 timed teacher_quality python "$REPO/benchmarks/teacher_quality.py" --manifest "$C/espeak_train/manifest.jsonl" \
   --manifest "$C/espeak_train2/manifest.jsonl" --manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl"
+fi
 
 # 2. is dynamic context free? (original vs adapted, full vs dynamic context, real clips + held-out set)
 HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2/manifest.jsonl"
       --heldout "$C/kokoro_heldout3/manifest.jsonl")
-TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl"
-       --train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
-timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$RUN" "${HELD[@]}" "${TRAIN[@]}"
+TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
+[[ "${ADAPT:-0}" == 1 ]] && TRAIN+=(--train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
+timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
+  "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge_tail_pytorch.json"
 
 # 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training
 #    subset (44 utterances per language/task pair: train-gates labels every entry before its first step)
@@ -98,16 +110,16 @@ write_manifest(f"{g}/mixed.jsonl", subset)
 PY
 
 # 4. gate sets on the adapted model (decoder and both), FLOPs at its dynamic context; int8 bundles, profiled
-GATES=(--model "$RUN" --batch-size 8 --lr 3e-3 --warmup 10 --alpha 8 --tau 2,0.3 --max-tokens 64 --seed 0 --threads 1
+GATES=(--model "$MODEL" --batch-size 8 --lr 3e-3 --warmup 10 --alpha 8 --tau 2,0.3 --max-tokens 64 --seed 0 --threads 1
        --log-every 5 --checkpoint-every 25 --no-progress --target-range 0,0.7 --manifest "$G/mixed.jsonl"
        --audio-ctx 64 --adapt skip-adapters --adapter-rank 32)
-OMP_NUM_THREADS=1 timed gates_decoder python -m edgegate.commands.train_gates --out "$G/dec_sa" --scope decoder \
+OMP_NUM_THREADS=1 timed gates_decoder python -m edgegate.commands.train_gates --out "$G/edge_dec" --scope decoder \
   --steps 300 "${GATES[@]}"
-OMP_NUM_THREADS=1 timed gates_both python -m edgegate.commands.train_gates --out "$G/both_sa" --scope both \
+OMP_NUM_THREADS=1 timed gates_both python -m edgegate.commands.train_gates --out "$G/edge_both" --scope both \
   --steps 200 --target-power 1.5 "${GATES[@]}"
 for scope in dec both; do
   B=$WORK/bundles/edge-$scope
-  timed "export_$scope" edgegate export --model "$RUN" --gates "$G/${scope}_sa" --target cpu --out "$B" --force \
+  timed "export_$scope" edgegate export --model "$MODEL" --gates "$G/edge_${scope}" --target cpu --out "$B" --force \
     --no-progress
   OMP_NUM_THREADS=1 timed "profile_$scope" edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
   OMP_NUM_THREADS=1 timed "eval_$scope" edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
@@ -117,6 +129,7 @@ for scope in dec both; do
     "$REPO/benchmarks/results/gates_edge_${scope/dec/decoder}_runtime/eval.json" "$B"
 done
 
-# 5. the runtime encoder at full vs dynamic context on the adapted int8 bundle
-OMP_NUM_THREADS=1 timed encoder_runtime python "$REPO/benchmarks/bench_edge_encoder.py" --bundle "$WORK/bundles/edge-dec" \
-  --heldout "$E/natural_heldout.jsonl"
+# 5. the runtime at full vs dynamic context on the dense int8 bundle of the edge model: quality and time
+timed export_dense edgegate export --model "$MODEL" --target cpu --out "$WORK/bundles/base-edge" --force --no-progress
+OMP_NUM_THREADS=1 timed encoder_runtime python "$REPO/benchmarks/bench_edge_encoder.py" --bundle "$WORK/bundles/base-edge" \
+  --heldout "$E/natural_heldout.jsonl" --out "$REPO/benchmarks/results/edge_tail_runtime.json"
