@@ -227,7 +227,10 @@ def test_streamed_log_mel_equals_the_whole_one(n):
     whole, streamed = ArrayMel(x), StreamedMel(SampleSource(x))
     assert streamed.content_frames == whole.content_frames == n // 160
     for start in range(0, whole.mel.shape[1], 2900):
-        assert np.array_equal(streamed.frames(start, start + 3000), whole.frames(start, start + 3000))
+        # Not bit-equal everywhere: BLAS may block the mel matmul differently for a 3000-frame chunk than for
+        # the whole recording (seen on CI's CPU), which moves the last float32 bit; a frame offset moves far more.
+        np.testing.assert_allclose(streamed.frames(start, start + 3000), whole.frames(start, start + 3000),
+                                   rtol=0, atol=1e-5)
 
 
 def test_file_source_errors_and_truncation_warning(tmp_path):

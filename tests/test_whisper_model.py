@@ -101,7 +101,7 @@ def _count_calls(model: Whisper) -> dict[str, int]:
         return fn
 
     for i, b in enumerate(model.encoder.blocks):
-        b.attn.register_forward_hook(hook(f"encoder.{i}.attn"))
+        b.attn.query.register_forward_hook(hook(f"encoder.{i}.attn"))  # attention runs as project_kv + attend
         b.mlp.register_forward_hook(hook(f"encoder.{i}.mlp"))
     for i, b in enumerate(model.decoder.blocks):
         b.attn.query.register_forward_hook(hook(f"decoder.{i}.self_attn"))
