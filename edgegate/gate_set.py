@@ -56,6 +56,16 @@ class GateSpec:
         return cls(**{k: d[k] for k in known if k in d}, extra=extra)
 
 
+# The shipped gate set ``transcribe --budget`` uses for a registered model: gates are trained on one model at
+# one encoder context (gates.json), so each model gets the set trained on it; anything else gets whisper-base's.
+DEFAULT_GATE_SETS = {"whisper-base": "whisper-base-decoder", "whisper-base-edge": "whisper-base-edge-decoder"}
+
+
+def default_gate_set(model: str | os.PathLike) -> str:
+    """The shipped gate set for ``model`` (a registered name or a checkpoint path)."""
+    return DEFAULT_GATE_SETS.get(str(model), DEFAULT_GATE_SETS["whisper-base"])
+
+
 def shipped_gate_sets() -> list[str]:
     if not ASSETS_DIR.is_dir():
         return []
@@ -82,4 +92,5 @@ def is_gate_set(gates: str | os.PathLike) -> bool:
 
 
 __all__ = ["GATES_FILE", "GATES_FORMAT", "PREDICTOR_FILE", "ASSETS_DIR", "GateSpec", "shipped_gate_sets",
+           "DEFAULT_GATE_SETS", "default_gate_set",
            "resolve_gates_dir", "is_gate_set"]

@@ -143,3 +143,14 @@ def test_registered_edge_model_is_a_rule_over_the_base(monkeypatch, tmp_path):
 def test_padding_mel_is_constant():
     m = padding_mel(80, 3000)
     assert m.shape == (1, 80, 3000) and (m == PADDING_LOG_MEL).all()
+
+
+def test_each_registered_model_gets_the_gate_set_trained_on_it():
+    from edgegate.gate_set import GATES_FILE, GateSpec, default_gate_set, resolve_gates_dir
+
+    for model in ("whisper-base", "whisper-base-edge"):
+        spec = GateSpec.read(resolve_gates_dir(default_gate_set(model)) / GATES_FILE)
+        assert spec.model == model and spec.scope == "decoder"
+    edge = GateSpec.read(resolve_gates_dir(default_gate_set("whisper-base-edge")) / GATES_FILE)
+    assert edge.audio_ctx == 64  # trained at the edge model's own context rule
+    assert default_gate_set("/some/checkpoint") == default_gate_set("whisper-base")

@@ -142,3 +142,17 @@ def test_cli_bundle_runs_the_long_form_decoding_with_word_times(tmp_path, capsys
     assert doc["plan"]["audio_ctx"] == 16 and doc["windows"] == 1 and doc["segments"]
     assert all(s["words"] is not None for s in doc["segments"]) and doc["decoder_steps"] > 1
     assert set(doc["timings"]) >= {"frontend", "plan", "encoder", "decoder", "total"}
+
+
+@pytest.mark.slow
+def test_budget_without_gates_uses_the_set_trained_on_the_model(librivox, monkeypatch, capsys):
+    import edgegate.gated as gated
+
+    seen = []
+    real = gated.load_gated
+    monkeypatch.setattr(gated, "load_gated", lambda name, **kw: seen.append(name) or real(name, **kw))
+    path, ref = librivox[1]
+    assert main(["transcribe", str(path), "--model", "whisper-base-edge", "--budget", "0.1", "--language", "en",
+                 "--threads", "2"]) == 0
+    assert seen == ["whisper-base-edge-decoder"]
+    assert wer([ref], [capsys.readouterr().out.strip()]) <= 0.2

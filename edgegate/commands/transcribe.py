@@ -82,9 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help="runtime backend for --bundle: auto, onnxruntime, executorch")
     p.add_argument("--budget", type=float, default=None,
                    help="fraction of gateable cost to skip, in [0, 1) (default: dense, or the bundle's profile)")
-    p.add_argument("--gates", default="whisper-base-decoder",
+    p.add_argument("--gates", default=None,
                    help="gate set for --budget without --bundle: a train-gates output dir or a shipped name "
-                        "(default: whisper-base-decoder, the shipped set that holds quality up to ~0.25)")
+                        "(default: the shipped set trained on --model: whisper-base-decoder, which holds quality "
+                        "up to ~0.25, or whisper-base-edge-decoder for whisper-base-edge)")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); 5 = Whisper's beam search")
     p.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     p.add_argument("--output-dir", default=None, metavar="DIR",
@@ -131,7 +132,9 @@ def load_transcriber(args: argparse.Namespace) -> Transcribe:
         from edgegate.gated import load_gated
 
         budget = validate_budget(args.budget)
-        gated = load_gated(args.gates, model=args.model, threads=args.threads)
+        from edgegate.gate_set import default_gate_set
+
+        gated = load_gated(args.gates or default_gate_set(args.model), model=args.model, threads=args.threads)
         # The encoder context the gates were trained with (gates.json): training and inference must agree.
         return lambda path: gated.transcribe(path, budget=budget, **opts, **long_opts)
     from edgegate.transcriber import WhisperModel
