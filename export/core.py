@@ -240,8 +240,9 @@ def export_with(target: Target, out: str | Path | None, profile: DeviceProfile, 
     out = Path(out) if out is not None else default_out(model_name, profile)
     ctx = bundle_audio_ctx(audio_ctx, whisper, pred_meta)
     jobs = family.jobs()
+    asked = precision or family.precision or profile.precision
     for j in jobs:  # module graphs only: skip adapters and the predictor stay fp32
-        j.graph.precision = precision or family.precision or profile.precision
+        j.graph.precision = stage_precision(asked, j.stage, getattr(whisper, "context_tail", False))
     use_shards = family.tok_path is not None and hasattr(target, "shards") and not full_vocab
     shards = _shards(family.tok_path, whisper.dims.n_vocab) if use_shards else None
     if shards is not None:
@@ -343,6 +344,16 @@ def _tokenizer_entry(w: BundleWriter, tok_path: Path) -> dict[str, Any]:
     tk = WhisperTokenizer.from_file(tok_path)
     w.copy_in(tok_path, "tokenizer.json")
     return {"file": "tokenizer.json", "language_codes": tk.language_codes, "eot": tk.eot, "sot": tk.sot}
+
+
+def stage_precision(asked: str, stage: str, context_tail: bool) -> str:
+    """The precision one module graph gets. A context-tail model's encoder stays fp32 under int8: with int8
+    encoder weights the trimmed window drifted from its padding tail (191 held-out utterances: WER 58.7 %
+    against 49.5 % at full context, Italian BLEU 4.4 against 14.2), with an fp32 encoder and an int8 decoder
+    it holds (41.3 % against 40.8 %, BLEU 9.1 against 9.6; docs/adaptation.md). A trimmed encoder is cheap."""
+    if context_tail and asked == "int8" and stage == "encoder":
+        return "fp32"
+    return asked
 
 
 def export_bundle(out: str | Path | None = None, target: str | Path | DeviceProfile = "cpu",

@@ -154,3 +154,19 @@ def test_each_registered_model_gets_the_gate_set_trained_on_it():
     edge = GateSpec.read(resolve_gates_dir(default_gate_set("whisper-base-edge")) / GATES_FILE)
     assert edge.audio_ctx == 64  # trained at the edge model's own context rule
     assert default_gate_set("/some/checkpoint") == default_gate_set("whisper-base")
+
+
+def test_int8_export_of_a_tail_model_keeps_its_encoder_fp32(tmp_path):
+    from edgegate.export.core import stage_precision
+
+    assert stage_precision("int8", "encoder", True) == "fp32"
+    assert stage_precision("int8", "decoder_step", True) == "int8"
+    assert stage_precision("int8", "encoder", False) == "int8"
+    assert stage_precision("fp16", "encoder", True) == "fp16"
+    model = tiny_whisper()
+    model.context_tail = True
+    model.default_audio_ctx = 16
+    path = export_bundle(tmp_path / "tiny8", "cpu", model, precision="int8", progress=False, log=lambda m: None)
+    precisions = {m["name"]: m["precision"] for m in json.loads((path / "manifest.json").read_text())["modules"]}
+    assert all(p == "fp32" for n, p in precisions.items() if n.startswith("encoder."))
+    assert "int8" in {p for n, p in precisions.items() if n.startswith("decoder.")}
