@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench_edge_adaptation import run_items, score_set
+from bench_edge_adaptation import load_sets, run_items, score_set
 from common import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_tail_int8_emulation.json"
@@ -35,13 +35,12 @@ def main() -> int:
     import torch
     from torch import nn
 
-    from edgegate.data.manifest import read_manifest
     from edgegate.transcriber import WhisperModel
 
     torch.set_num_threads(1)
     groups = set(args.groups.split(","))
-    items = [{"id": e.extra.get("id", Path(e.audio).stem), "audio": str(e.audio), "lang": e.lang, "task": e.task,
-              "ref": e.text} for m in args.heldout for e in read_manifest(m) if f"{e.lang}/{e.task}" in groups]
+    held = load_sets(argparse.Namespace(heldout=args.heldout, train_manifest=[], limit=None)).get("synth", [])
+    items = [it for it in held if f"{it['lang']}/{it['task']}" in groups]
     if not items:
         raise SystemExit(f"no held-out items in groups {sorted(groups)}")
     fp32_pad = WhisperModel(args.model, threads=1)

@@ -129,11 +129,10 @@ def load_transcriber(args: argparse.Namespace) -> Transcribe:
         WhisperTokenizer.from_file(tokenizer_path(resolve_model(args.model))).normalize_language(args.language)
     if args.budget:
         from edgegate.budget import validate_budget
+        from edgegate.gate_set import default_gate_set
         from edgegate.gated import load_gated
 
         budget = validate_budget(args.budget)
-        from edgegate.gate_set import default_gate_set
-
         gated = load_gated(args.gates or default_gate_set(args.model), model=args.model, threads=args.threads)
         # The encoder context the gates were trained with (gates.json): training and inference must agree.
         return lambda path: gated.transcribe(path, budget=budget, **opts, **long_opts)
