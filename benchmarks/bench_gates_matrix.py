@@ -187,8 +187,8 @@ def evaluate_gate_set(label: str, gates: str, sets: dict, budgets: list[float], 
         return gw.transcribe_windows(audio, language=lang, task=task, budget=budget, audio_ctx=ctx)
 
     print(f"== {label}: {gates} (scope {gw.spec.scope}, adapt {gw.spec.adapt}, ctx {ctx})", flush=True)
-    report = evaluate(sets, transcribe_fn, budgets, gw.gate_names, whisper_cost_fn(gw.model.dims, ctx),
-                      progress=progress)
+    cost_fn = whisper_cost_fn(gw.model.dims, ctx, gw.model.context_tail)
+    report = evaluate(sets, transcribe_fn, budgets, gw.gate_names, cost_fn, progress=progress)
     report.update(gates=str(gates), audio_ctx=ctx)
     write_report(report, Path(out) / label.replace("/", "_"))
     return {"gates": str(gates), "scope": gw.spec.scope, "adapt": gw.spec.adapt, "audio_ctx": ctx,

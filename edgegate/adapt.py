@@ -47,7 +47,9 @@ TRAIN_SETS = ("blocks", "encoder", "decoder")
 MAX_MARGIN = 1500
 CHECKPOINT_DIR = "checkpoint"
 DELTA_FILE = "adaptation.safetensors"
-RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat", "teacher_max_wer")
+RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat", "teacher_max_wer",
+               "teacher_context")
+TEACHER_CONTEXTS = ("full", "auto")
 
 
 class AdaptError(EdgegateError):
@@ -82,6 +84,11 @@ class AdaptConfig:
     # 0.40 (en) to 1.00 (fr, and every translate pair): it hallucinates ("Thank you for watching!") on
     # robotic speech, and hidden states of a decoder that ignores the audio teach the encoder nothing.
     teacher_max_wer: float | None = None
+    # What the teacher's encoder sees: Whisper's full 30-s window, or ("auto") the model's own context rule
+    # (real frames + its margin, with its context tail). "auto" suits a decoder-only run on an edge model
+    # whose encoder is already right at dynamic context: the targets are then the dense model as deployed,
+    # which is what gates are judged against, and the teacher's encoder costs ~1/5.
+    teacher_context: str = "full"
     augment: bool = True
     seed: int = 0
     checkpoint_every: int = 200
@@ -101,6 +108,9 @@ class AdaptConfig:
                              f"0 <= LO <= HI <= {MAX_MARGIN}, e.g. --margin 16,64")
         if self.drop_scope not in DROP_SCOPES:
             raise AdaptError(f"unknown --drop-scope {self.drop_scope!r}: use one of {', '.join(DROP_SCOPES)}")
+        if self.teacher_context not in TEACHER_CONTEXTS:
+            raise AdaptError(f"unknown --teacher-audio-ctx {self.teacher_context!r}: use one of "
+                             f"{', '.join(TEACHER_CONTEXTS)}")
         if self.train not in TRAIN_SETS:
             raise AdaptError(f"unknown --train {self.train!r}: use one of {', '.join(TRAIN_SETS)}")
         if not (0.0 <= self.drop_max < 1.0) or not (0.0 <= self.p_dense <= 1.0) or not (0.0 <= self.p_full <= 1.0):
@@ -249,7 +259,7 @@ def load_checkpoint(out: Path, params: dict[str, torch.nn.Parameter], opt, cfg: 
     old = state["config"]
     for k in RESUME_KEYS:
         mine = getattr(cfg, k)
-        theirs = old.get(k)
+        theirs = old.get(k, getattr(AdaptConfig, k, None))  # keys newer than the checkpoint: their default
         if (list(mine) if isinstance(mine, tuple) else mine) != theirs:
             raise AdaptError(f"--resume: the checkpoint was trained with {k}={theirs!r}, this run has "
                              f"{mine!r}; use the same settings or another --out")
@@ -263,12 +273,24 @@ def load_checkpoint(out: Path, params: dict[str, torch.nn.Parameter], opt, cfg: 
     return int(state["step"]), list(state["history"])
 
 
+def teacher_margin(teacher: Whisper, cfg: AdaptConfig) -> int | None:
+    """The teacher's encoder margin: None (full window) unless ``teacher_context`` is ``auto``, where the
+    model's own rule holds; a model without one cannot be its own dynamic-context teacher."""
+    if cfg.teacher_context == "full":
+        return None
+    if teacher.default_audio_ctx is None:
+        raise AdaptError(f"{cfg.model} has no encoder-context rule, so --teacher-audio-ctx auto has nothing to "
+                         "follow: use --teacher-audio-ctx full, or an edge model such as whisper-base-edge")
+    return int(teacher.default_audio_ctx)
+
+
 def targets_for(item: Item, cache: TeacherCache, teacher: Whisper, tokenizer, cfg: AdaptConfig,
                 samples: np.ndarray) -> Targets:
-    key = cache.key(item.audio, item.lang, item.task, cfg.max_tokens)
+    margin = teacher_margin(teacher, cfg)
+    key = cache.key(item.audio, item.lang, item.task, cfg.max_tokens, margin)
     targets = cache.get(key)
     if targets is None:
-        targets = teacher_targets(teacher, tokenizer, samples, item.lang, item.task, cfg.max_tokens)
+        targets = teacher_targets(teacher, tokenizer, samples, item.lang, item.task, cfg.max_tokens, margin)
         cache.put(key, targets)
     return targets
 
@@ -358,6 +380,7 @@ def _setup(cfg: AdaptConfig, model: Whisper | None, tokenizer) -> _Run:
 
     dist, rank, world = data_parallel()
     student, tokenizer = _load(cfg, model, tokenizer)
+    teacher_margin(student, cfg)  # fail before the corpus is read
     items = load_items(cfg.manifests, tokenizer)
     teacher = copy.deepcopy(student).eval()
     for p in teacher.parameters():

@@ -37,6 +37,11 @@ class CostTerms:
         T, N = int(positions), int(tokens)
         return float(self.one + self.t * T + self.tt * T * T + self.n * N + self.nn * N * N + self.nt * N * T)
 
+    def with_fixed_keys(self, keys: int) -> CostTerms:
+        """The terms when attention over the encoder positions reads ``keys`` of them whatever ``T`` is (a
+        context tail appends the padding's states): T*T becomes keys*T and N*T becomes keys*N."""
+        return CostTerms(self.one, self.t + self.tt * keys, 0, self.n + self.nt * keys, self.nn, 0)
+
     def __add__(self, other: CostTerms) -> CostTerms:
         return CostTerms(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 

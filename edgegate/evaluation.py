@@ -66,14 +66,14 @@ def request_cost_fn(gate_costs: Callable[..., np.ndarray], always_on: Callable[[
     return cost
 
 
-def whisper_cost_fn(dims: Any, audio_ctx: int | None) -> CostFn:
+def whisper_cost_fn(dims: Any, audio_ctx: int | None, context_tail: bool = False) -> CostFn:
     """Cost function for a Whisper model (``dims`` needs ModelDims' fields; no torch needed)."""
     from edgegate.models.costs import always_on_costs, flop_costs
 
     def always_on(positions: int, tokens: int) -> float:
         return sum(c.flops for c in always_on_costs(dims, positions, tokens).values())
 
-    return request_cost_fn(flop_costs(dims), always_on, audio_ctx)
+    return request_cost_fn(flop_costs(dims, context_tail), always_on, audio_ctx)
 
 
 def _group(u: Utterance) -> str:

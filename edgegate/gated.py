@@ -45,7 +45,8 @@ class GatedWhisper:
         if predictor.config.n_modules != len(self.model.gate_names):
             raise ModelError(f"predictor has {predictor.config.n_modules} gates, the model "
                              f"{len(self.model.gate_names)}: the gates were trained for another model")
-        self.planner = Planner(self.model.gate_names, flop_costs(self.model.dims), self._predict, self.codes)
+        costs = flop_costs(self.model.dims, self.model.context_tail)
+        self.planner = Planner(self.model.gate_names, costs, self._predict, self.codes)
 
     @property
     def gate_names(self) -> list[str]:

@@ -1,5 +1,6 @@
-"""The teacher of edge adaptation: the unmodified model's decoder states on the full 30-s window,
-teacher-forced on its own greedy tokens, computed once per utterance and cached on disk in fp16."""
+"""The teacher of edge adaptation: the unmodified model's decoder states on the full 30-s window (or on
+the model's own dynamic context), teacher-forced on its own greedy tokens, computed once per utterance
+and cached on disk in fp16."""
 
 from __future__ import annotations
 
@@ -31,12 +32,16 @@ def window_mel(samples: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
 
 
 def teacher_targets(model: Whisper, tokenizer, samples: np.ndarray, lang: str, task: str,
-                    max_tokens: int) -> Targets:
-    """The dense full-context model's greedy tokens, then its decoder states teacher-forced on them."""
+                    max_tokens: int, margin: int | None = None) -> Targets:
+    """The dense model's greedy tokens, then its decoder states teacher-forced on them: on the full window,
+    or with ``margin`` on the real frames plus that many positions (the model's own context rule)."""
     from edgegate.decoding import decode
+    from edgegate.plan import encoder_frames
     from edgegate.transcriber import TorchDecoderState
 
-    mel, _ = window_mel(samples, model.dims.n_mels)
+    mel, n_frames = window_mel(samples, model.dims.n_mels)
+    if margin is not None:
+        mel = np.ascontiguousarray(mel[:, :encoder_frames(n_frames, margin)])
     gates = model.split_gates(None)
     with torch.inference_mode():
         cross = model.cross_kv(model.embed_audio(torch.from_numpy(mel[None]), gates), gates)
@@ -56,9 +61,11 @@ class TeacherCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def key(self, audio_path: str, lang: str, task: str, max_tokens: int) -> str:
+    def key(self, audio_path: str, lang: str, task: str, max_tokens: int, margin: int | None = None) -> str:
         h = hashlib.sha256(Path(audio_path).read_bytes())
         h.update(f"|{lang}|{task}|{max_tokens}".encode())
+        if margin is not None:  # full-window keys stay as they were, so older caches still serve
+            h.update(f"|margin{margin}".encode())
         return h.hexdigest()[:24]
 
     def get(self, key: str) -> Targets | None:

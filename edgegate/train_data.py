@@ -68,7 +68,7 @@ def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_pa
     todo: list[int] = []
     keys: list[str] = []
     feats = []
-    planner = Planner(model.gate_names, flop_costs(model.dims)) if features is None else None
+    planner = Planner(model.gate_names, flop_costs(model.dims, model.context_tail)) if features is None else None
     for i, e in enumerate(entries):
         samples = load_audio(e.audio)[: 30 * 16000]
         if features is not None:

@@ -277,7 +277,7 @@ def alignment_section(meta: dict, written: dict) -> dict:
 def family_manifest(model: Whisper, model_name: str) -> dict:
     """What the runtime needs about a Whisper besides its modules: dims, limits, costs, frontend."""
     d = model.dims
-    gate_terms, always_terms = module_cost_terms(d), always_on_cost_terms(d)
+    gate_terms, always_terms = module_cost_terms(d, model.context_tail), always_on_cost_terms(d)
     state = [f"self_{kv}.{i}" for i in range(d.n_text_layer) for kv in ("k", "v")]
     return {
         "model": {"family": "whisper", "name": model_name, "dims": asdict(d),

@@ -251,3 +251,38 @@ def test_decoder_only_adaptation_of_a_context_tail_model(corpus, tiny_pt, tokeni
     names = set(read_delta(out / spec["delta"])[0])
     assert names and all(n.startswith("decoder.") for n in names)
     assert load_whisper(out).context_tail
+
+
+def test_teacher_on_the_models_own_context(corpus, tiny_pt, tokenizer, tmp_path):
+    """--teacher-audio-ctx auto: the teacher's targets come from the trimmed window (its own cache keys, so a
+    full-window cache never serves them); a model without a context rule is refused before any work."""
+    import soundfile as sf
+
+    from edgegate.adapt import AdaptError, adapt
+    from edgegate.data.manifest import read_manifest
+    from edgegate.models.loaders import load_whisper
+    from edgegate.teacher import TeacherCache, teacher_targets
+
+    with pytest.raises(AdaptError, match="no encoder-context rule"):
+        adapt(cfg(corpus, tmp_path / "plain", tiny_pt, teacher_context="auto"), model=load_whisper(tiny_pt),
+              tokenizer=tokenizer)
+    assert not (tmp_path / "cache").exists() or len(TeacherCache(tmp_path / "cache")) == 0
+    model = load_whisper(tiny_pt)
+    model.default_audio_ctx = 16
+    adapt(cfg(corpus, tmp_path / "run", tiny_pt, steps=2, teacher_context="auto", train="decoder"), model=model,
+          tokenizer=tokenizer)
+    cache = TeacherCache(tmp_path / "cache")
+    served = 0
+    for item in read_manifest(corpus):
+        assert cache.get(cache.key(item.audio, item.lang, item.task, 6)) is None
+        cached = cache.get(cache.key(item.audio, item.lang, item.task, 6, 16))
+        if cached is None:
+            continue
+        served += 1
+        samples = sf.read(item.audio, dtype="float32")[0]
+        trimmed = teacher_targets(load_whisper(tiny_pt), tokenizer, samples, item.lang, item.task, 6, margin=16)
+        full = teacher_targets(load_whisper(tiny_pt), tokenizer, samples, item.lang, item.task, 6)
+        n = min(trimmed.hidden.shape[1], cached.hidden.shape[1], full.hidden.shape[1])
+        assert np.allclose(cached.hidden[:, :n], trimmed.hidden[:, :n], atol=2e-2)
+        assert not np.allclose(full.hidden[:, :n], trimmed.hidden[:, :n], atol=2e-2)
+    assert served >= 1

@@ -169,3 +169,22 @@ def test_int8_export_of_a_tail_model_keeps_its_encoder_fp32(tmp_path):
     precisions = {m["name"]: m["precision"] for m in json.loads((path / "manifest.json").read_text())["modules"]}
     assert all(p == "fp32" for n, p in precisions.items() if n.startswith("encoder."))
     assert "int8" in {p for n, p in precisions.items() if n.startswith("decoder.")}
+
+
+def test_tail_costs_count_attention_over_the_whole_window(tail_pair):
+    """Cross-attention of a tail model reads all n_audio_ctx positions: its per-token cost at 64 frames is the
+    full window's; the bundle's manifest and the PyTorch planner agree on it."""
+    from edgegate.models.costs import cross_kv_terms, flop_costs, module_cost_terms
+
+    ref, session, path = tail_pair
+    d = ref.model.dims
+    tail, plain = module_cost_terms(d, context_tail=True), module_cost_terms(d)
+    cross = next(k for k in tail if k.endswith("cross_attn"))
+    kv = cross_kv_terms(d.n_text_state)
+    assert tail[cross][0].at(64, 10) - kv.at(64, 10) == plain[cross][0].at(d.n_audio_ctx, 10) - kv.at(d.n_audio_ctx, 10)
+    attn = next(k for k in tail if k.startswith("encoder") and k.endswith("attn"))
+    assert tail[attn][0].at(64, 10) > plain[attn][0].at(64, 10)
+    assert tail[attn][0].at(d.n_audio_ctx, 10) == plain[attn][0].at(d.n_audio_ctx, 10)
+    manifest = Bundle.open(path).gate_terms
+    planner = flop_costs(d, context_tail=True)(64, 10)
+    np.testing.assert_array_equal(planner, [manifest[n].at(64, 10) for n in session.gate_names])

@@ -7,11 +7,12 @@ import json
 
 HELP = """Adapt a Whisper checkpoint to run on its real audio length and to tolerate skipped modules.
 
-The unmodified model is the teacher: dense, full 30-s window, teacher-forced on its own greedy
-tokens. Its decoder states are computed once per utterance and cached on disk (fp16). The student
-sees the real frames plus a random margin of --margin encoder positions, augmented audio, and on
-part of the utterances random module drops (--drop-scope, --drop-max, --p-dense); it learns to
-reproduce the outputs of every decoder block (relative L2, + --kl-weight x KL of the logits).
+The unmodified model is the teacher: dense, full 30-s window (or its own dynamic context with
+--teacher-audio-ctx auto), teacher-forced on its own greedy tokens. Its decoder states are computed
+once per utterance and cached on disk (fp16). The student sees the real frames plus a random
+margin of --margin encoder positions, augmented audio, and on part of the utterances random
+module drops (--drop-scope, --drop-max, --p-dense); it learns to reproduce the outputs of every
+decoder block (relative L2, + --kl-weight x KL of the logits).
 Learning rates are small on purpose (order 1e-6 .. 1e-5): change the behaviour, keep the knowledge.
 
 The result is DIR/adaptation.safetensors: int8 differences to the base weights (~1 byte per
@@ -57,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learn only from utterances whose teacher output has WER <= X against the manifest's "
                         "text (translate: the English reference); on robotic TTS the teacher often hallucinates, "
                         "and its hidden states then say nothing about the audio (e.g. 0.5; default: all)")
+    p.add_argument("--teacher-audio-ctx", choices=("full", "auto"), default="full",
+                   help="what the teacher's encoder sees: Whisper's full 30-s window (default), or auto: the "
+                        "model's own context rule (an edge model's real length + margin). auto suits --train "
+                        "decoder on whisper-base-edge: the targets are the dense model as deployed")
     p.add_argument("--p-dense", type=float, default=0.4,
                    help="share of utterances that run with no drops (default 0.4)")
     p.add_argument("--train", choices=("blocks", "encoder", "decoder"), default="blocks",
@@ -87,7 +92,7 @@ def config_from_args(args: argparse.Namespace):
         manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
         drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, p_full=args.p_full, train=args.train,
-        kl_weight=args.kl_weight, teacher_max_wer=args.teacher_max_wer,
+        kl_weight=args.kl_weight, teacher_max_wer=args.teacher_max_wer, teacher_context=args.teacher_audio_ctx,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
         stop_after=args.stop_after, threads=args.threads, progress=not args.no_progress,

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                  scope=args.scope, audio_ctx=ctx)
 
         names = gw.gate_names
-        cost_fn = whisper_cost_fn(gw.model.dims, ctx)
+        cost_fn = whisper_cost_fn(gw.model.dims, ctx, gw.model.context_tail)
     log = (lambda s: print(s, file=sys.stderr)) if args.verbose else None
     report = evaluate(sets, transcribe_fn, budgets, names, cost_fn, progress=not args.no_progress, log=log)
     report["gates"] = args.bundle or args.gates

@@ -64,9 +64,17 @@ def _gate_terms(kind: str, part: str, dims: _Dims) -> tuple[CostTerms, int]:
     return CostTerms(n=4 * d * m), _mlp_params(d, m)
 
 
-def module_cost_terms(dims: _Dims) -> dict[str, tuple[CostTerms, int]]:
-    """(FLOP terms, parameters) of each gateable module, in execution order, keyed by gate name."""
-    return {s.name: _gate_terms(s.kind, s.part, dims) for s in gate_layout(dims)}
+def module_cost_terms(dims: _Dims, context_tail: bool = False) -> dict[str, tuple[CostTerms, int]]:
+    """(FLOP terms, parameters) of each gateable module, in execution order, keyed by gate name.
+
+    With a context tail (edgegate.context_tail) the encoder's attention and the decoder's cross-attention
+    read all ``n_audio_ctx`` positions however few frames run, so their cost is linear in the frames and
+    in the tokens; the tail's own projections are computed once, not per request.
+    """
+    table = {s.name: _gate_terms(s.kind, s.part, dims) for s in gate_layout(dims)}
+    if context_tail:
+        table = {k: (t.with_fixed_keys(dims.n_audio_ctx), p) for k, (t, p) in table.items()}
+    return table
 
 
 def always_on_cost_terms(dims: _Dims) -> dict[str, tuple[CostTerms, int]]:
@@ -87,9 +95,9 @@ def _at(table: dict[str, tuple[CostTerms, int]], n_frames: int, n_tokens: int,
 
 
 def module_costs(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32,
-                 bytes_per_param: int = 4) -> dict[str, ModuleCost]:
+                 bytes_per_param: int = 4, context_tail: bool = False) -> dict[str, ModuleCost]:
     """Cost of each gateable module, in execution order, keyed by its gate name."""
-    return _at(module_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
+    return _at(module_cost_terms(dims, context_tail), n_frames, n_tokens, bytes_per_param)
 
 
 def always_on_costs(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32,
@@ -98,11 +106,11 @@ def always_on_costs(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32,
     return _at(always_on_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
 
 
-def flop_costs(dims: _Dims):
+def flop_costs(dims: _Dims, context_tail: bool = False):
     """The planner's cost function for this model: (positions, tokens, unit) -> FLOPs per gate."""
     from edgegate.errors import BudgetError
 
-    terms = [t for t, _ in module_cost_terms(dims).values()]
+    terms = [t for t, _ in module_cost_terms(dims, context_tail).values()]
 
     def costs(positions: int, tokens: int, unit: str = "flops") -> np.ndarray:
         if unit != "flops":
