@@ -286,3 +286,33 @@ def test_teacher_on_the_models_own_context(corpus, tiny_pt, tokenizer, tmp_path)
         assert np.allclose(cached.hidden[:, :n], trimmed.hidden[:, :n], atol=2e-2)
         assert not np.allclose(full.hidden[:, :n], trimmed.hidden[:, :n], atol=2e-2)
     assert served >= 1
+
+
+def test_registered_edge_model_with_a_shipped_delta(tiny_pt, tmp_path, monkeypatch):
+    """A registered edge model whose weight delta ships in the package: loaded onto its base by SHA-256, and
+    refused with one line once the file is changed."""
+    from edgegate.models import registry
+    from edgegate.models.loaders import load_whisper
+    from edgegate.runtimes.bundle import sha256_file
+    from edgegate.weight_delta import model_fingerprint, save_delta
+
+    monkeypatch.setenv("EDGEGATE_CACHE", str(tmp_path / "cache"))
+    assets = tmp_path / "assets"
+    (assets / registry.MODEL_ASSETS).mkdir(parents=True)
+    monkeypatch.setattr("edgegate.gate_set.ASSETS_DIR", assets)
+    base = load_whisper(tiny_pt)
+    params = {n: p.detach().clone() for n, p in base.named_parameters()}
+    name = "decoder.blocks.0.mlp.0.weight"
+    tuned = {name: params[name] + 0.01}
+    delta = assets / registry.MODEL_ASSETS / "tiny-edge.safetensors"
+    save_delta(tuned, params, delta, {"base_fingerprint": model_fingerprint(base)})
+    monkeypatch.setitem(registry.EDGE_MODELS, "tiny-edge", {
+        "base_model": str(tiny_pt), "delta_asset": delta.name, "delta_sha256": sha256_file(delta), "audio_ctx": 16,
+        "context_tail": True})
+    model = load_whisper(registry.resolve_model("tiny-edge"))
+    loaded = dict(model.named_parameters())[name].detach()
+    assert torch.allclose(loaded, tuned[name], atol=1e-4) and model.default_audio_ctx == 16 and model.context_tail
+    delta.write_bytes(delta.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ModelError, match="SHA-256") as exc:
+        load_whisper(registry.resolve_model("tiny-edge"))
+    assert "\n" not in str(exc.value)

@@ -106,10 +106,22 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 ADAPT_SPEC = "adapt.json"  # what edgegate adapt writes beside its weight delta
 
 
+MODEL_ASSETS = "models"  # under edgegate/assets: the weight deltas of registered edge models
+
+
 def _edge_dir(name: str) -> Path:
-    """The registered edge model's adapt.json directory in the cache, (re)written when it differs."""
+    """The registered edge model's adapt.json directory in the cache, (re)written when it differs.
+
+    A shipped weight delta (``delta_asset``) stays in the package: adapt.json names it by absolute path, and
+    load_adapted checks it against ``delta_sha256`` before adding it to the base weights."""
+    from edgegate.gate_set import ASSETS_DIR
+
     target = cache_dir() / "models" / name
-    text = json.dumps({**EDGE_MODELS[name], "registered": name}, indent=1, sort_keys=True)
+    spec = dict(EDGE_MODELS[name])
+    asset = spec.pop("delta_asset", None)
+    if asset is not None:
+        spec["delta"] = str(ASSETS_DIR / MODEL_ASSETS / asset)
+    text = json.dumps({**spec, "registered": name}, indent=1, sort_keys=True)
     spec = target / ADAPT_SPEC
     if not spec.is_file() or spec.read_text() != text:
         target.mkdir(parents=True, exist_ok=True)
