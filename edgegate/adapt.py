@@ -48,7 +48,7 @@ MAX_MARGIN = 1500
 CHECKPOINT_DIR = "checkpoint"
 DELTA_FILE = "adaptation.safetensors"
 RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat", "teacher_max_wer",
-               "teacher_context")
+               "teacher_context", "init_from", "masks_from")
 TEACHER_CONTEXTS = ("full", "auto")
 
 
@@ -89,6 +89,14 @@ class AdaptConfig:
     # whose encoder is already right at dynamic context: the targets are then the dense model as deployed,
     # which is what gates are judged against, and the teacher's encoder costs ~1/5.
     teacher_context: str = "full"
+    # A second phase: start the student from an earlier run's weights (an edgegate adapt directory made on
+    # this same model), the teacher staying the unmodified model, so the result is one delta to the base ...
+    init_from: str | None = None
+    # ... and drop what the gate predictor drops: the non-dense utterances run with the plan of this gate
+    # set at a budget ~ U(0, drop_max), instead of uniform random drops. Random LayerDrop spreads the
+    # model's tolerance over every pattern; the plans the gates serve are few (the same cross-attentions
+    # for most utterances), and these are the ones that must hold.
+    masks_from: str | None = None
     augment: bool = True
     seed: int = 0
     checkpoint_every: int = 200
@@ -141,11 +149,14 @@ def trainable_parameters(model: Whisper, which: str) -> dict[str, torch.nn.Param
     return out
 
 
-def draw_mask(model: Whisper, cfg: AdaptConfig, rng: np.random.Generator) -> list[bool] | None:
-    """LayerDrop: None (dense) on ``p_dense`` of the utterances, else each in-scope module dropped with p."""
-    if cfg.drop_scope == "none" or rng.random() < cfg.p_dense:
+def draw_mask(model: Whisper, cfg: AdaptConfig, rng: np.random.Generator, planned=None) -> list[bool] | None:
+    """LayerDrop: None (dense) on ``p_dense`` of the utterances, else each in-scope module dropped with p;
+    with ``planned`` (budget -> kept modules, from --masks-from) the gate predictor's plan at a random budget."""
+    if (cfg.drop_scope == "none" and planned is None) or rng.random() < cfg.p_dense:
         return None
     p = rng.uniform(0.0, cfg.drop_max)
+    if planned is not None:
+        return list(planned(p))
     keep = []
     for name in model.gate_names:
         in_scope = cfg.drop_scope == "both" or name.startswith(cfg.drop_scope)
@@ -323,6 +334,32 @@ def student_input(samples: np.ndarray, cfg: AdaptConfig, n_mels: int, rng: np.ra
     return mel[:, :encoder_frames(n_frames, margin)], margin
 
 
+def mask_planner(cfg: AdaptConfig, model: Whisper, tokenizer):
+    """The gate set of ``--masks-from`` as a planner over ``model`` (no adapters: the student learns to do
+    without the skipped modules), or None."""
+    if cfg.masks_from is None:
+        return None
+    from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec, resolve_gates_dir
+    from edgegate.gated import GatedWhisper
+    from edgegate.predictor import load_predictor
+
+    d = resolve_gates_dir(cfg.masks_from)
+    predictor, _ = load_predictor(d / PREDICTOR_FILE)
+    return GatedWhisper(model, predictor, GateSpec.read(d / GATES_FILE), tokenizer)
+
+
+def init_student(student: Whisper, cfg: AdaptConfig, fingerprint: str) -> None:
+    """Add ``--init-from``'s weight delta to the student (it must have been made on this model)."""
+    if cfg.init_from is None:
+        return
+    from edgegate.models.registry import read_adapt_spec
+    from edgegate.weight_delta import apply_delta
+
+    directory = Path(cfg.init_from).expanduser()
+    spec = read_adapt_spec(directory)
+    apply_delta(student, directory / spec.get("delta", DELTA_FILE), fingerprint)
+
+
 def _load(cfg: AdaptConfig, model: Whisper | None, tokenizer):
     from edgegate.models.loaders import load_whisper
     from edgegate.models.registry import resolve_model, tokenizer_path
@@ -371,6 +408,7 @@ class _Run:
     dist: object
     rank: int
     world: int
+    planner: object = None  # the --masks-from gate set (GatedWhisper over the student), or None
 
 
 def _setup(cfg: AdaptConfig, model: Whisper | None, tokenizer) -> _Run:
@@ -387,14 +425,18 @@ def _setup(cfg: AdaptConfig, model: Whisper | None, tokenizer) -> _Run:
         p.requires_grad_(False)
     fingerprint = model_fingerprint(teacher)
     cache = TeacherCache(cfg.teacher_cache or cache_dir() / "teacher" / fingerprint)
+    init_student(student, cfg, fingerprint)
     params = trainable_parameters(student, cfg.train)
     for name, p in student.named_parameters():
         p.requires_grad_(name in params)
-    base = {k: p.detach().clone() for k, p in params.items()}
+    # the delta is to the unmodified model (the teacher), so that an --init-from run ships as one file
+    teacher_params = dict(teacher.named_parameters())
+    base = {k: teacher_params[k].detach().clone() for k in params}
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    return _Run(student, teacher, tokenizer, items, cache, params, base, opt, fingerprint, out, dist, rank, world)
+    return _Run(student, teacher, tokenizer, items, cache, params, base, opt, fingerprint, out, dist, rank, world,
+                mask_planner(cfg, student, tokenizer))
 
 
 def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float], int]:
@@ -415,7 +457,11 @@ def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float]
         if run.student.context_tail and cfg.train != "decoder":
             run.student.forget_padding_states()  # the padding's states follow the encoder as it learns
         mel, margin = student_input(samples, cfg, run.student.dims.n_mels, rng)
-        keep = draw_mask(run.student, cfg, rng)
+        planned = None
+        if run.planner is not None:
+            def planned(budget: float) -> list[bool]:
+                return run.planner.plan(samples, item.lang, item.task, budget).kept
+        keep = draw_mask(run.student, cfg, rng, planned)
         loss, info = student_loss(run.student, mel, targets, keep, cfg.kl_weight)
         loss.backward()
         info.update(full=float(margin < 0), dropped=0 if keep is None else keep.count(False))

@@ -316,3 +316,39 @@ def test_registered_edge_model_with_a_shipped_delta(tiny_pt, tmp_path, monkeypat
     with pytest.raises(ModelError, match="SHA-256") as exc:
         load_whisper(registry.resolve_model("tiny-edge"))
     assert "\n" not in str(exc.value)
+
+
+def test_second_phase_starts_from_a_run_and_drops_what_the_gates_drop(corpus, tiny_pt, tokenizer, tmp_path):
+    """--init-from continues an earlier run's weights (the delta stays one file to the unmodified model);
+    --masks-from runs the non-dense utterances with the gate set's plans, even with no random drop scope."""
+    import sys
+
+    from edgegate.adapt import adapt
+    from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec
+    from edgegate.models.loaders import load_whisper
+    from edgegate.predictor import save_predictor
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_predictor
+
+    first = tmp_path / "first"
+    run(cfg(corpus, first, tiny_pt, steps=4, drop_scope="decoder"), tokenizer)
+    model = load_whisper(tiny_pt)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    save_predictor(tiny_predictor(len(model.gate_names), n_mels=model.dims.n_mels), gates / PREDICTOR_FILE)
+    (gates / GATES_FILE).write_text(json.dumps(GateSpec(model="tiny", scope="decoder", adapt="none",
+                                                        audio_ctx=16).to_dict()))
+    second = tmp_path / "second"
+    adapt(cfg(corpus, second, tiny_pt, steps=8, lr=1e-12, drop_scope="none", p_dense=0.0, drop_max=0.9,
+              init_from=str(first), masks_from=str(gates)), model=model, tokenizer=tokenizer)
+    dropped = [r["dropped"] for r in log(second) if "dropped" in r]
+    assert dropped and max(dropped) > 0
+    a, b = dict(load_whisper(first).named_parameters()), dict(load_whisper(second).named_parameters())
+    changed = [n for n in a if not torch.equal(a[n], dict(load_whisper(tiny_pt).named_parameters())[n])]
+    assert changed
+    for n in changed:
+        assert torch.allclose(a[n], b[n], atol=1e-3), n
+    with pytest.raises(ModelError, match="adaptation spec"):
+        adapt(cfg(corpus, tmp_path / "third", tiny_pt, steps=1, init_from=str(tmp_path)), model=load_whisper(tiny_pt),
+              tokenizer=tokenizer)

@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what the teacher's encoder sees: Whisper's full 30-s window (default), or auto: the "
                         "model's own context rule (an edge model's real length + margin). auto suits --train "
                         "decoder on whisper-base-edge: the targets are the dense model as deployed")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="second phase: start the student from this earlier edgegate adapt run on the same --model "
+                        "(the teacher stays the unmodified model; the result is one delta to it)")
+    p.add_argument("--masks-from", default=None, metavar="GATES",
+                   help="drop what this gate set (a train-gates directory or a shipped name) drops: non-dense "
+                        "utterances run with its plan at a budget ~ U(0, --drop-max) instead of random drops")
     p.add_argument("--p-dense", type=float, default=0.4,
                    help="share of utterances that run with no drops (default 0.4)")
     p.add_argument("--train", choices=("blocks", "encoder", "decoder"), default="blocks",
@@ -93,6 +99,7 @@ def config_from_args(args: argparse.Namespace):
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
         drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, p_full=args.p_full, train=args.train,
         kl_weight=args.kl_weight, teacher_max_wer=args.teacher_max_wer, teacher_context=args.teacher_audio_ctx,
+        init_from=args.init_from, masks_from=args.masks_from,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
         stop_after=args.stop_after, threads=args.threads, progress=not args.no_progress,
