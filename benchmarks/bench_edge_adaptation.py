@@ -90,7 +90,7 @@ def reused_outputs(path: Path | None, sets: dict[str, list[dict]], rows: dict, m
     for set_name, items in sets.items():
         by_id = {row: {r["id"]: r for r in old["outputs"].get(set_name, {}).get(row, [])} for row in ROWS[:2]}
         for row in ROWS[:2]:
-            if row in rows:
+            if row in rows or not by_id[row]:  # run here, or not in that file (then not in this report)
                 continue
             got = [by_id[row].get(it["id"]) for it in items]
             if None in got:
@@ -163,7 +163,7 @@ def main() -> int:
     ap.add_argument("--rows", default=",".join(ROWS), type=lambda t: tuple(t.split(",")),
                     help=f"rows to run (default all: {','.join(ROWS)})")
     ap.add_argument("--reuse-base", type=Path, default=None, metavar="JSON",
-                    help="take the rows of the original model not in --rows from this earlier result")
+                    help="take the rows of the original model not in --rows from this earlier result (those it has)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 

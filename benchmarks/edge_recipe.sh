@@ -8,6 +8,8 @@
 # evaluate and gate: whisper-base-edge by default, or the adaptation's output directory.
 #
 #   bash benchmarks/edge_recipe.sh [WORK_DIR]          # default ~/.cache/edgegate/adapt (outside the work tree)
+#   DECODER=1 bash benchmarks/edge_recipe.sh           # + the decoder adaptation for gates (stage 1b, ~1 h on
+#                                                      # 2 cores) and ms-planned gates (4b); results *_p2_*
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
 #                                                      # after that step; rerun the same command to resume
 #
@@ -77,13 +79,39 @@ timed teacher_quality python "$REPO/benchmarks/teacher_quality.py" --manifest "$
   --manifest "$C/espeak_train2/manifest.jsonl" --manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl"
 fi
 
+# 1b. decoder adaptation for gates (round 2, session 7; DECODER=1): the decoder of whisper-base-edge learns to
+#     do without skipped modules, the encoder and its context rule stay as they are. The teacher is the model
+#     itself, dense, at its own context (--teacher-audio-ctx auto).
+#     Phase 1, LayerDrop: each decoder module dropped with p ~ U(0, 0.8) on 75 % of the utterances.
+#     Phase 2: from phase 1's weights, the utterances run with the plans of the shipped gate set at a budget
+#     ~ U(0, 0.8) (--masks-from): the gates drop the same few modules (cross-attentions) for most requests.
+#     The result (runs/edge_p2) is one int8 delta to whisper-base (the decoder, 25 MB) and becomes MODEL.
+if [[ "${DECODER:-0}" == 1 ]]; then
+for phase in ld p2; do
+  RESUME=(); [[ -f "$WORK/runs/edge_$phase/checkpoint/state.json" ]] && RESUME=(--resume)
+  if [[ $phase == ld ]]; then
+    PHASE=(--steps 2400 --lr 2e-5 --warmup 100 --drop-scope decoder)
+  else
+    PHASE=(--steps 1000 --lr 1e-5 --warmup 50 --drop-scope none --init-from "$WORK/runs/edge_ld"
+           --masks-from whisper-base-edge-decoder)
+  fi
+  OMP_NUM_THREADS=1 timed "adapt_$phase" torchrun --nproc_per_node 2 --master_port 29612 -m edgegate.commands.adapt \
+    --model whisper-base-edge --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
+    --out "$WORK/runs/edge_$phase" --repeat 2 --margin 16,64 --drop-max 0.8 --p-dense 0.25 --train decoder \
+    --teacher-audio-ctx auto --teacher-max-wer 1.0 --kl-weight 0.5 --checkpoint-every 200 --log-every 20 \
+    --threads 1 --no-progress "${PHASE[@]}" "${RESUME[@]}"
+done
+MODEL=$WORK/runs/edge_p2
+fi
+RES=""; [[ "${DECODER:-0}" == 1 ]] && RES="_p2"  # result folders of the decoder-adapted model: gates_edge_p2_*
+
 # 2. is dynamic context free? (original vs adapted, full vs dynamic context, real clips + held-out set)
 HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2/manifest.jsonl"
       --heldout "$C/kokoro_heldout3/manifest.jsonl")
 TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
 [[ "${ADAPT:-0}" == 1 ]] && TRAIN+=(--train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
-  "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge_tail_pytorch.json"
+  "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge${RES:-_tail}_pytorch.json"
 
 # 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training
 #    subset (44 utterances per language/task pair: train-gates labels every entry before its first step)
@@ -124,10 +152,25 @@ for scope in dec both; do
   OMP_NUM_THREADS=1 timed "profile_$scope" edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
   OMP_NUM_THREADS=1 timed "eval_$scope" edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
     --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
-    --out "$REPO/benchmarks/results/gates_edge_${scope/dec/decoder}_runtime"
+    --out "$REPO/benchmarks/results/gates_edge${RES}_${scope/dec/decoder}_runtime"
   python "$REPO/benchmarks/gates_runtime_table.py" \
-    "$REPO/benchmarks/results/gates_edge_${scope/dec/decoder}_runtime/eval.json" "$B"
+    "$REPO/benchmarks/results/gates_edge${RES}_${scope/dec/decoder}_runtime/eval.json" "$B"
 done
+
+# 4b. (DECODER=1) a decoder gate set planned in measured milliseconds: trained with the profiled decoder
+#     bundle's ms per module (--cost-table), exported with budgets in ms (benchmarks/profiles/cpu-ms.toml)
+if [[ "${DECODER:-0}" == 1 ]]; then
+  OMP_NUM_THREADS=1 timed gates_decoder_ms python -m edgegate.commands.train_gates --out "$G/edge_dec_ms" \
+    --scope decoder --steps 300 --cost-table "$WORK/bundles/edge-dec" "${GATES[@]}"
+  B=$WORK/bundles/edge-dec-ms
+  timed export_dec_ms edgegate export --model "$MODEL" --gates "$G/edge_dec_ms" --target "$REPO/benchmarks/profiles/cpu-ms.toml" \
+    --out "$B" --force --no-progress
+  OMP_NUM_THREADS=1 timed profile_dec_ms edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
+  OMP_NUM_THREADS=1 timed eval_dec_ms edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
+    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
+    --out "$REPO/benchmarks/results/gates_edge${RES}_decoder_ms_runtime"
+  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge${RES}_decoder_ms_runtime/eval.json" "$B"
+fi
 
 # 5. the runtime at full vs dynamic context on the dense int8 bundle of the edge model: quality and time
 timed export_dense edgegate export --model "$MODEL" --target cpu --out "$WORK/bundles/base-edge" --force --no-progress

@@ -40,6 +40,9 @@ class TrainConfig:
     tau_end: float = 0.3
     kl_weight: float = 0.0
     audio_ctx: int | None = 32
+    # A profiled bundle whose measured ms per module are the planning costs (None: FLOPs). On a CPU a
+    # decoder cross-attention is 4x an MLP in FLOPs (its K/V projection) but 1.3x in time.
+    cost_table: str | None = None
     lang_dropout: float = 0.1
     max_tokens: int = 96
     drop_unfinished: bool = True  # leave out utterances the teacher did not finish (loops)

@@ -28,10 +28,26 @@ class Example:
     prompt: list[int]
     tokens: list[int]  # the dense teacher's greedy tokens
     finished: bool  # the teacher emitted <|endoftext|> within max_tokens
-    costs: torch.Tensor  # (L,) planning FLOPs
+    costs: torch.Tensor  # (L,) planning costs (FLOPs, or ms with --cost-table)
     eot: int
     audio: str = ""
 
+
+def planning_cost_fn(model, cfg):
+    """The costs gates are trained with: FLOPs at the trimmed context, or a profiled bundle's measured ms."""
+    if cfg.cost_table is None:
+        return flop_costs(model.dims, model.context_tail)
+    from edgegate.runtimes.bundle import Bundle
+    from edgegate.runtimes.latency import measured_gate_ms
+
+    bundle = Bundle.open(cfg.cost_table, verify=False)  # only its manifest is read
+    names = list(model.gate_names)
+    measured_gate_ms(bundle, names, 1500, 32)  # fail now if it was never profiled or is another model's
+
+    def costs(positions: int, n_tokens: int, unit: str = "flops") -> np.ndarray:
+        return measured_gate_ms(bundle, names, positions, n_tokens)
+
+    return costs
 
 def teacher_tokens(model: Whisper, tokenizer, mel: torch.Tensor, lang: str, task: str,
                    max_tokens: int) -> tuple[list[int], bool]:
@@ -68,7 +84,7 @@ def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_pa
     todo: list[int] = []
     keys: list[str] = []
     feats = []
-    planner = Planner(model.gate_names, flop_costs(model.dims, model.context_tail)) if features is None else None
+    planner = Planner(model.gate_names, planning_cost_fn(model, cfg)) if features is None else None
     for i, e in enumerate(entries):
         samples = load_audio(e.audio)[: 30 * 16000]
         if features is not None:

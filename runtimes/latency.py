@@ -46,6 +46,7 @@ from edgegate.runtimes.execution import Runner, RunnerList
 from edgegate.runtimes.schema import STAGES
 
 if TYPE_CHECKING:
+    from edgegate.runtimes.bundle import Bundle
     from edgegate.runtimes.session import Session
 
 # Decoder steps timed per repeat: the cache length is fixed, so more steps only add samples.
@@ -249,6 +250,25 @@ def measured_ms(costs: Mapping[str, Any], terms: Mapping[str, CostTerms], n_fram
             step *= _ratio((at[k] - once[k]) / n_tokens, (at0[k] - once0[k]) / t0)
         out[k] = max(fixed + step * n_tokens, 0.0)
     return out
+
+
+def measured_gate_ms(bundle: Bundle, gate_names: list[str], n_frames: int, n_tokens: int) -> np.ndarray:
+    """Per-gate measured ms in ``gate_names`` order at this utterance shape (``measured_ms``), or a one-line
+    error naming the missing ``edgegate profile`` run."""
+    from edgegate.budget import BudgetError
+
+    costs = bundle.manifest["costs"]
+    table = costs.get("ms")
+    if not table:
+        raise BudgetError(f"this budget counts milliseconds but bundle {bundle.path} has no measured "
+                          f"cost table; run: edgegate profile {bundle.path} (on the target device), "
+                          "or use cost_unit flops")
+    missing = [n for n in gate_names if n not in table]
+    if missing:
+        raise BudgetError(f"the measured cost table of bundle {bundle.path} lacks {', '.join(missing)}; "
+                          f"re-run: edgegate profile {bundle.path}")
+    ms = measured_ms(costs, bundle.gate_terms, n_frames, n_tokens)
+    return np.array([ms[n] for n in gate_names], dtype=np.float64)
 
 
 def write_latency_table(bundle_dir: str | Path, table: LatencyTable) -> Path:

@@ -63,7 +63,7 @@ from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
 from edgegate.runtimes.execution import GraphDecoderState, RunnerList, run_window, runner_list
 from edgegate.runtimes.family import load_frontend, load_tokenizer, owsm_segments, owsm_session_planner, transcribe_owsm
-from edgegate.runtimes.latency import measured_ms
+from edgegate.runtimes.latency import measured_gate_ms
 from edgegate.runtimes.schema import LOGITS
 from edgegate.runtimes.vocab_logits import VocabLogits
 from edgegate.tokenizer import TASKS, WhisperTokenizer
@@ -185,18 +185,7 @@ class Session:
         :func:`edgegate.runtimes.latency.measured_ms`.
         """
         if unit == "ms":
-            costs = self.bundle.manifest["costs"]
-            table = costs.get("ms")
-            if not table:
-                raise BudgetError(f"this budget counts milliseconds but bundle {self.bundle.path} has no measured "
-                                  f"cost table; run: edgegate profile {self.bundle.path} (on the target device), "
-                                  "or use cost_unit flops")
-            missing = [n for n in self.gate_names if n not in table]
-            if missing:
-                raise BudgetError(f"the measured cost table of bundle {self.bundle.path} lacks {', '.join(missing)}; "
-                                  f"re-run: edgegate profile {self.bundle.path}")
-            ms = measured_ms(costs, self.bundle.gate_terms, n_frames, n_tokens)
-            return np.array([ms[n] for n in self.gate_names], dtype=np.float64)
+            return measured_gate_ms(self.bundle, self.gate_names, n_frames, n_tokens)
         return np.array([t.at(n_frames, n_tokens) for t in self._gate_terms], dtype=np.float64)
 
     def always_on_flops(self, n_frames: int, n_tokens: int) -> float:

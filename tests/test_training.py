@@ -298,3 +298,34 @@ def test_resume_without_checkpoint_and_with_other_settings_fails_clearly(corpus,
     train(config(corpus, tmp_path, tiny_pt, steps=3), tokenizer=tokenizer)
     with pytest.raises(TrainingError, match="scope"):
         train(replace(config(corpus, tmp_path, tiny_pt, resume=True), scope="decoder"), tokenizer=tokenizer)
+
+
+def test_cost_table_trains_on_measured_milliseconds(corpus, tiny_pt, tokenizer, tmp_path):
+    """--cost-table: the planning costs of every example are the profiled bundle's ms at that utterance's
+    shape (not FLOPs); a bundle that was never profiled is refused with the command that fixes it."""
+    pytest.importorskip("onnxruntime")
+    from edgegate.budget import BudgetError
+    from edgegate.cli import main
+    from edgegate.export.core import export_bundle
+    from edgegate.models.costs import flop_costs
+    from edgegate.runtimes.bundle import Bundle
+    from edgegate.runtimes.latency import measured_gate_ms
+    from edgegate.train_data import planning_cost_fn
+    from edgegate.training import train
+
+    model = load_tiny(tiny_pt)
+    bundle = export_bundle(tmp_path / "bundle", "cpu", model, progress=False, log=lambda m: None)
+    with pytest.raises(BudgetError, match="edgegate profile") as exc:
+        planning_cost_fn(model, config(corpus, tmp_path / "x", tiny_pt, cost_table=str(bundle)))
+    assert "\n" not in str(exc.value)
+    assert main(["profile", str(bundle), "--frames", "100", "--tokens", "4", "--no-progress", "--threads", "1",
+                 "--repeats", "2"]) == 0
+    fn = planning_cost_fn(model, config(corpus, tmp_path / "x", tiny_pt, cost_table=str(bundle)))
+    expected = measured_gate_ms(Bundle.open(bundle, verify=False), model.gate_names, 40, 6)
+    assert np.allclose(fn(40, 6), expected) and (expected > 0).all()
+    flops = flop_costs(model.dims, model.context_tail)(40, 6)
+    assert not np.allclose(expected / expected.sum(), flops / flops.sum())
+    out = tmp_path / "gates"
+    train(config(corpus, out, tiny_pt, steps=2, cost_table=str(bundle)), tokenizer=tokenizer)
+    spec = json.loads((out / "gates.json").read_text())
+    assert spec["train"]["cost_table"] == str(bundle)

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoints, predictor, log)")
     p.add_argument("--scope", choices=("encoder", "decoder", "both"), default="both",
                    help="which modules are gated (default both)")
+    p.add_argument("--cost-table", default=None, metavar="BUNDLE",
+                   help="plan with the measured milliseconds of this profiled bundle (edgegate profile BUNDLE) "
+                        "instead of FLOPs: for gates served with cost_unit ms budgets")
     p.add_argument("--adapt", choices=("none", "skip-adapters", "lora", "full"), default="skip-adapters")
     p.add_argument("--adapter-rank", type=int, default=32, help="skip-adapter rank (default 32)")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
@@ -108,7 +111,7 @@ def config_from_args(args: argparse.Namespace):
         lr=args.lr, adapt_lr=args.adapt_lr, warmup=args.warmup, target_range=parse_range(args.target_range),
         target_power=args.target_power, alpha=args.alpha,
         tau_start=tau[0], tau_end=tau[1], kl_weight=args.kl_weight, audio_ctx=ctx, max_tokens=args.max_tokens,
-        drop_unfinished=not args.keep_unfinished,
+        drop_unfinished=not args.keep_unfinished, cost_table=args.cost_table,
         hidden=args.hidden, init_ranking=args.init_ranking, ablation_utts=args.ablation_utts, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         resume=args.resume, stop_after=args.stop_after, save_dtype=args.save_dtype, threads=args.threads,
