@@ -170,6 +170,28 @@ if [[ "${DECODER:-0}" == 1 ]]; then
     --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
     --out "$REPO/benchmarks/results/gates_edge${RES}_decoder_ms_runtime"
   python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge${RES}_decoder_ms_runtime/eval.json" "$B"
+  # phase 3: the decoder trained on the ms plans, then an ms gate set on it (session 7's best: not within the bound)
+  P3=$WORK/runs/edge_p3
+  RESUME=(); [[ -f "$P3/checkpoint/state.json" ]] && RESUME=(--resume)
+  OMP_NUM_THREADS=1 timed adapt_p3 torchrun --nproc_per_node 2 --master_port 29612 -m edgegate.commands.adapt \
+    --model whisper-base-edge --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
+    --out "$P3" --init-from "$MODEL" --masks-from "$G/edge_dec_ms" --steps 600 --repeat 2 --lr 1e-5 --warmup 30 \
+    --margin 16,64 --seed 1 --drop-scope none --drop-max 0.8 --p-dense 0.4 --train decoder --teacher-audio-ctx auto \
+    --teacher-max-wer 1.0 --kl-weight 0.5 --checkpoint-every 200 --log-every 20 --threads 1 --no-progress "${RESUME[@]}"
+  timed eval_context_p3 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$P3" --rows edge/full,edge/dyn \
+    --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" "${TRAIN[@]}" \
+    --out "$REPO/benchmarks/results/edge_p3_pytorch.json"
+  GATES3=("${GATES[@]}"); GATES3[1]=$P3  # the same settings on the phase-3 model
+  OMP_NUM_THREADS=1 timed gates_p3_ms python -m edgegate.commands.train_gates --out "$G/edge_p3_dec_ms" \
+    --scope decoder --steps 300 --cost-table "$WORK/bundles/edge-dec" "${GATES3[@]}"
+  B=$WORK/bundles/edge-p3-dec-ms
+  timed export_p3_ms edgegate export --model "$P3" --gates "$G/edge_p3_dec_ms" --target "$REPO/benchmarks/profiles/cpu-ms.toml" \
+    --out "$B" --force --no-progress
+  OMP_NUM_THREADS=1 timed profile_p3_ms edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
+  OMP_NUM_THREADS=1 timed eval_p3_ms edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
+    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
+    --out "$REPO/benchmarks/results/gates_edge_p3_decoder_ms_runtime"
+  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge_p3_decoder_ms_runtime/eval.json" "$B"
 fi
 
 # 5. the runtime at full vs dynamic context on the dense int8 bundle of the edge model: quality and time
