@@ -86,21 +86,20 @@ fi
 #     Phase 2: from phase 1's weights, the utterances run with the plans of the shipped gate set at a budget
 #     ~ U(0, 0.8) (--masks-from): the gates drop the same few modules (cross-attentions) for most requests.
 #     The result (runs/edge_p2) is one int8 delta to whisper-base (the decoder, 25 MB) and becomes MODEL.
+# one decoder adaptation phase of whisper-base-edge: NAME, then that phase's own settings (resumes if it can)
+adapt_decoder() {
+  local name=$1 run=$WORK/runs/edge_$1; shift
+  local resume=(); [[ -f "$run/checkpoint/state.json" ]] && resume=(--resume)
+  OMP_NUM_THREADS=1 timed "adapt_$name" torchrun --nproc_per_node 2 --master_port 29612 \
+    -m edgegate.commands.adapt --model whisper-base-edge --manifest "$C/espeak_train/manifest.jsonl" \
+    --manifest "$C/espeak_train2/manifest.jsonl" --out "$run" --repeat 2 --margin 16,64 --drop-max 0.8 \
+    --train decoder --teacher-audio-ctx auto --teacher-max-wer 1.0 --kl-weight 0.5 --checkpoint-every 200 \
+    --log-every 20 --threads 1 --no-progress "$@" "${resume[@]}"
+}
 if [[ "${DECODER:-0}" == 1 ]]; then
-for phase in ld p2; do
-  RESUME=(); [[ -f "$WORK/runs/edge_$phase/checkpoint/state.json" ]] && RESUME=(--resume)
-  if [[ $phase == ld ]]; then
-    PHASE=(--steps 2400 --lr 2e-5 --warmup 100 --drop-scope decoder)
-  else
-    PHASE=(--steps 1000 --lr 1e-5 --warmup 50 --drop-scope none --init-from "$WORK/runs/edge_ld"
-           --masks-from whisper-base-edge-decoder)
-  fi
-  OMP_NUM_THREADS=1 timed "adapt_$phase" torchrun --nproc_per_node 2 --master_port 29612 -m edgegate.commands.adapt \
-    --model whisper-base-edge --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
-    --out "$WORK/runs/edge_$phase" --repeat 2 --margin 16,64 --drop-max 0.8 --p-dense 0.25 --train decoder \
-    --teacher-audio-ctx auto --teacher-max-wer 1.0 --kl-weight 0.5 --checkpoint-every 200 --log-every 20 \
-    --threads 1 --no-progress "${PHASE[@]}" "${RESUME[@]}"
-done
+adapt_decoder ld --steps 2400 --lr 2e-5 --warmup 100 --drop-scope decoder --p-dense 0.25
+adapt_decoder p2 --steps 1000 --lr 1e-5 --warmup 50 --drop-scope none --p-dense 0.25 \
+  --init-from "$WORK/runs/edge_ld" --masks-from whisper-base-edge-decoder
 MODEL=$WORK/runs/edge_p2
 fi
 RES=""; [[ "${DECODER:-0}" == 1 ]] && RES="_p2"  # result folders of the decoder-adapted model: gates_edge_p2_*
@@ -157,41 +156,31 @@ for scope in dec both; do
     "$REPO/benchmarks/results/gates_edge${RES}_${scope/dec/decoder}_runtime/eval.json" "$B"
 done
 
-# 4b. (DECODER=1) a decoder gate set planned in measured milliseconds: trained with the profiled decoder
-#     bundle's ms per module (--cost-table), exported with budgets in ms (benchmarks/profiles/cpu-ms.toml)
+# 4b. (DECODER=1) decoder gate sets planned in measured milliseconds: trained with the profiled decoder
+#     bundle's ms per module (--cost-table), exported with budgets in ms (benchmarks/profiles/cpu-ms.toml).
+#     ms_gates NAME MODEL: train, export, profile, evaluate, tabulate (results/gates_edge_NAME_runtime)
+ms_gates() {
+  local name=$1 model=$2 b=$WORK/bundles/edge-$1
+  local args=("${GATES[@]}"); args[1]=$model  # GATES with --model MODEL
+  OMP_NUM_THREADS=1 timed "gates_$name" python -m edgegate.commands.train_gates --out "$G/edge_$name" \
+    --scope decoder --steps 300 --cost-table "$WORK/bundles/edge-dec" "${args[@]}"
+  timed "export_$name" edgegate export --model "$model" --gates "$G/edge_$name" \
+    --target "$REPO/benchmarks/profiles/cpu-ms.toml" --out "$b" --force --no-progress
+  OMP_NUM_THREADS=1 timed "profile_$name" edgegate profile "$b" --frames 314 --tokens 24 --threads 1 --no-progress
+  OMP_NUM_THREADS=1 timed "eval_$name" edgegate eval --bundle "$b" --manifest "$E/real.jsonl" \
+    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
+    --out "$REPO/benchmarks/results/gates_edge_${name}_runtime"
+  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge_${name}_runtime/eval.json" "$b"
+}
 if [[ "${DECODER:-0}" == 1 ]]; then
-  OMP_NUM_THREADS=1 timed gates_decoder_ms python -m edgegate.commands.train_gates --out "$G/edge_dec_ms" \
-    --scope decoder --steps 300 --cost-table "$WORK/bundles/edge-dec" "${GATES[@]}"
-  B=$WORK/bundles/edge-dec-ms
-  timed export_dec_ms edgegate export --model "$MODEL" --gates "$G/edge_dec_ms" --target "$REPO/benchmarks/profiles/cpu-ms.toml" \
-    --out "$B" --force --no-progress
-  OMP_NUM_THREADS=1 timed profile_dec_ms edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
-  OMP_NUM_THREADS=1 timed eval_dec_ms edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
-    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
-    --out "$REPO/benchmarks/results/gates_edge${RES}_decoder_ms_runtime"
-  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge${RES}_decoder_ms_runtime/eval.json" "$B"
-  # phase 3: the decoder trained on the ms plans, then an ms gate set on it (session 7's best: not within the bound)
-  P3=$WORK/runs/edge_p3
-  RESUME=(); [[ -f "$P3/checkpoint/state.json" ]] && RESUME=(--resume)
-  OMP_NUM_THREADS=1 timed adapt_p3 torchrun --nproc_per_node 2 --master_port 29612 -m edgegate.commands.adapt \
-    --model whisper-base-edge --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
-    --out "$P3" --init-from "$MODEL" --masks-from "$G/edge_dec_ms" --steps 600 --repeat 2 --lr 1e-5 --warmup 30 \
-    --margin 16,64 --seed 1 --drop-scope none --drop-max 0.8 --p-dense 0.4 --train decoder --teacher-audio-ctx auto \
-    --teacher-max-wer 1.0 --kl-weight 0.5 --checkpoint-every 200 --log-every 20 --threads 1 --no-progress "${RESUME[@]}"
-  timed eval_context_p3 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$P3" --rows edge/full,edge/dyn \
-    --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" "${TRAIN[@]}" \
+  ms_gates p2_decoder_ms "$MODEL"
+  # phase 3: the decoder trained on those ms plans, then an ms gate set on it (session 7's best: not within the bound)
+  adapt_decoder p3 --steps 600 --lr 1e-5 --warmup 30 --seed 1 --drop-scope none --p-dense 0.4 \
+    --init-from "$MODEL" --masks-from "$G/edge_p2_decoder_ms"
+  timed eval_context_p3 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$WORK/runs/edge_p3" \
+    --rows edge/full,edge/dyn --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" "${TRAIN[@]}" \
     --out "$REPO/benchmarks/results/edge_p3_pytorch.json"
-  GATES3=("${GATES[@]}"); GATES3[1]=$P3  # the same settings on the phase-3 model
-  OMP_NUM_THREADS=1 timed gates_p3_ms python -m edgegate.commands.train_gates --out "$G/edge_p3_dec_ms" \
-    --scope decoder --steps 300 --cost-table "$WORK/bundles/edge-dec" "${GATES3[@]}"
-  B=$WORK/bundles/edge-p3-dec-ms
-  timed export_p3_ms edgegate export --model "$P3" --gates "$G/edge_p3_dec_ms" --target "$REPO/benchmarks/profiles/cpu-ms.toml" \
-    --out "$B" --force --no-progress
-  OMP_NUM_THREADS=1 timed profile_p3_ms edgegate profile "$B" --frames 314 --tokens 24 --threads 1 --no-progress
-  OMP_NUM_THREADS=1 timed eval_p3_ms edgegate eval --bundle "$B" --manifest "$E/real.jsonl" \
-    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
-    --out "$REPO/benchmarks/results/gates_edge_p3_decoder_ms_runtime"
-  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge_p3_decoder_ms_runtime/eval.json" "$B"
+  ms_gates p3_decoder_ms "$WORK/runs/edge_p3"
 fi
 
 # 5. the runtime at full vs dynamic context on the dense int8 bundle of the edge model: quality and time

@@ -250,13 +250,10 @@ def mask_planner(cfg: AdaptConfig, model: Whisper, tokenizer):
     without the skipped modules), or None."""
     if cfg.masks_from is None:
         return None
-    from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec, resolve_gates_dir
-    from edgegate.gated import GatedWhisper
-    from edgegate.predictor import load_predictor
+    from edgegate.gated import load_gated
+    from edgegate.transcriber import WhisperModel
 
-    d = resolve_gates_dir(cfg.masks_from)
-    predictor, _ = load_predictor(d / PREDICTOR_FILE)
-    return GatedWhisper(model, predictor, GateSpec.read(d / GATES_FILE), tokenizer)
+    return load_gated(cfg.masks_from, model=WhisperModel(model, tokenizer), adaptation=False)
 
 
 def init_student(student: Whisper, cfg: AdaptConfig, fingerprint: str) -> None:

@@ -139,11 +139,12 @@ class GatedWhisper:
 
 
 def load_gated(name_or_dir: str | os.PathLike = "whisper-base", model=None, threads: int | None = None,
-               pinned: tuple[str, ...] = ()) -> GatedWhisper:
+               pinned: tuple[str, ...] = (), adaptation: bool = True) -> GatedWhisper:
     """Load a gate set: a directory written by ``edgegate train-gates`` or a shipped one by name.
 
     ``model`` (a ``WhisperModel``, a ``Whisper`` or a path) overrides the model recorded in
-    ``gates.json``; its adaptation weights (skip adapters, LoRA, fine-tuned weights) are applied.
+    ``gates.json``; its adaptation weights (skip adapters, LoRA, fine-tuned weights) are applied unless
+    ``adaptation`` is False (only the predictor and its plans: what edge adaptation trains a model for).
     """
     from edgegate.predictor import load_predictor
 
@@ -158,5 +159,6 @@ def load_gated(name_or_dir: str | os.PathLike = "whisper-base", model=None, thre
         wm = model
     else:
         wm = WhisperModel(model)
-    apply_adaptation(wm.model, d, spec)
+    if adaptation:
+        apply_adaptation(wm.model, d, spec)
     return GatedWhisper(wm, predictor, spec, pinned=pinned)

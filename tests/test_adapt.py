@@ -321,14 +321,11 @@ def test_registered_edge_model_with_a_shipped_delta(tiny_pt, tmp_path, monkeypat
 def test_second_phase_starts_from_a_run_and_drops_what_the_gates_drop(corpus, tiny_pt, tokenizer, tmp_path):
     """--init-from continues an earlier run's weights (the delta stays one file to the unmodified model);
     --masks-from runs the non-dense utterances with the gate set's plans, even with no random drop scope."""
-    import sys
-
     from edgegate.adapt import adapt
     from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec
     from edgegate.models.loaders import load_whisper
     from edgegate.predictor import save_predictor
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiny import tiny_predictor
 
     first = tmp_path / "first"
