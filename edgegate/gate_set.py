@@ -36,6 +36,16 @@ class GateSpec:
     language_codes: list[str] | None = None
     extra: dict[str, Any] | None = None
 
+    @property
+    def cost_unit(self) -> str:
+        """What the gates were trained to budget: "flops", or "ms" (``train-gates --cost-table``)."""
+        return (self.extra or {}).get("cost_unit", "flops")
+
+    @property
+    def measured_costs(self) -> dict[str, Any] | None:
+        """The profiled ms table an "ms" gate set was trained with (``ms``, ``ms_per_step``, ``ms_meta``)."""
+        return (self.extra or {}).get("measured_costs")
+
     def to_dict(self) -> dict[str, Any]:
         d = {"format": GATES_FORMAT, "schema_version": 1, "model": self.model, "scope": self.scope,
              "adapt": self.adapt, "audio_ctx": self.audio_ctx, "adapter_rank": self.adapter_rank,

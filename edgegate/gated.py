@@ -45,7 +45,8 @@ class GatedWhisper:
         if predictor.config.n_modules != len(self.model.gate_names):
             raise ModelError(f"predictor has {predictor.config.n_modules} gates, the model "
                              f"{len(self.model.gate_names)}: the gates were trained for another model")
-        costs = flop_costs(self.model.dims, self.model.context_tail)
+        # an ms gate set plans with the table it was trained on, so its plans match its training
+        costs = flop_costs(self.model.dims, self.model.context_tail, spec.measured_costs)
         self.planner = Planner(self.model.gate_names, costs, self._predict, self.codes)
 
     @property
@@ -77,7 +78,7 @@ class GatedWhisper:
         features = audio if isinstance(audio, MelFeatures) else MelFeatures.of(to_samples(audio, sample_rate),
                                                                               self.model.dims.n_mels)
         ctx = resolve_audio_ctx("auto" if audio_ctx == "trained" else audio_ctx, self.audio_ctx)
-        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, "flops", self.pinned)
+        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, self.spec.cost_unit, self.pinned)
         return self.planner.plan(features.request, language, task, the_budget, ctx)
 
     def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None, task: str = "transcribe",
@@ -94,7 +95,7 @@ class GatedWhisper:
             language = self.tokenizer.normalize_language(language)
         ctx = resolve_audio_ctx("auto" if audio_ctx == "trained" else audio_ctx, self.audio_ctx)
         opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
-        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, "flops", self.pinned)
+        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, self.spec.cost_unit, self.pinned)
 
         def planner(request: RequestFeatures | None):
             if request is None:  # no audio left to decode (the VAD found no speech)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgegate.budget import validate_scope
 from edgegate.errors import BudgetError, EdgegateError
@@ -84,6 +85,9 @@ class TrainConfig:
             raise TrainingError(f"unknown --init-ranking {self.init_ranking!r}: use one of {', '.join(INIT_RANKINGS)}")
         if self.ablation_utts < 1:
             raise TrainingError(f"ablation-utts must be >= 1: got {self.ablation_utts}")
+        if self.cost_table is not None and not (Path(self.cost_table).expanduser() / "manifest.json").is_file():
+            raise TrainingError(f"--cost-table {self.cost_table} is not a bundle (no manifest.json): pass a "
+                                "bundle directory measured with edgegate profile")
         if self.save_dtype not in ("float16", "float32"):
             raise TrainingError("save dtype must be float16 or float32")
 

@@ -33,21 +33,29 @@ class Example:
     audio: str = ""
 
 
+MEASURED_KEYS = ("ms", "ms_per_step", "ms_meta")
+
+
+def measured_cost_table(bundle_dir: str, gate_names: list[str]) -> dict:
+    """The measured ms of a profiled bundle (``edgegate profile``) for these gates: what a gate set trained
+    with ``--cost-table`` plans with and carries in its gates.json; a one-line error if it was never
+    profiled or is another model's."""
+    from edgegate.runtimes.bundle import Bundle
+    from edgegate.runtimes.latency import measured_gate_ms
+
+    bundle = Bundle.open(bundle_dir, verify=False)  # only its manifest is read
+    measured_gate_ms(bundle, gate_names, 1500, 32)
+    costs = bundle.manifest["costs"]
+    return {k: costs[k] for k in MEASURED_KEYS if k in costs}
+
+
 def planning_cost_fn(model, cfg):
     """The costs gates are trained with: FLOPs at the trimmed context, or a profiled bundle's measured ms."""
     if cfg.cost_table is None:
         return flop_costs(model.dims, model.context_tail)
-    from edgegate.runtimes.bundle import Bundle
-    from edgegate.runtimes.latency import measured_gate_ms
+    fn = flop_costs(model.dims, model.context_tail, measured_cost_table(cfg.cost_table, list(model.gate_names)))
+    return lambda positions, n_tokens, unit="flops": fn(positions, n_tokens, "ms")
 
-    bundle = Bundle.open(cfg.cost_table, verify=False)  # only its manifest is read
-    names = list(model.gate_names)
-    measured_gate_ms(bundle, names, 1500, 32)  # fail now if it was never profiled or is another model's
-
-    def costs(positions: int, n_tokens: int, unit: str = "flops") -> np.ndarray:
-        return measured_gate_ms(bundle, names, positions, n_tokens)
-
-    return costs
 
 def teacher_tokens(model: Whisper, tokenizer, mel: torch.Tensor, lang: str, task: str,
                    max_tokens: int) -> tuple[list[int], bool]:

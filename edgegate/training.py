@@ -53,7 +53,7 @@ from edgegate.predictor import (
 from edgegate.student import Student, build_student, item_loss
 from edgegate.train_checkpoint import load_checkpoint, save_checkpoint
 from edgegate.train_config import TrainConfig, TrainingError, parse_range
-from edgegate.train_data import Example, check_entries, load_examples
+from edgegate.train_data import Example, check_entries, load_examples, measured_cost_table
 from edgegate.train_loop import checkpoint_due, data_parallel
 
 __all__ = ["TrainConfig", "TrainingError", "parse_range", "train", "calibration", "lr_at", "build_student",
@@ -315,6 +315,8 @@ def _finish(run: _Run, history: list[dict], seconds: float) -> dict:
                     extra={"train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                                      if k not in ("extra", "progress", "resume")},
                            "n_utterances": len(run.examples)})
+    if cfg.cost_table is not None:  # plan as trained: the PyTorch path has no bundle to measure
+        spec.extra.update(cost_unit="ms", measured_costs=measured_cost_table(cfg.cost_table, run.st.names))
     summary = {"steps": cfg.steps, "world_size": run.world, "seconds": seconds,
                "final": history[-1] if history else {}}
     if run.rank == 0:

@@ -136,6 +136,8 @@ class WhisperModel(MaskedModel):
         alignment_heads = alignment_heads or getattr(self.model, "alignment_heads", None)
         self.model.alignment_heads = alignment_heads
         self.alignment_heads_dump = alignment_heads
+        # the fixed-window path's token limit per window, as the runtime Session's max_tokens
+        self.max_tokens = self.model.dims.n_text_ctx // 2
 
     @property
     def default_audio_ctx(self) -> int | None:
@@ -229,5 +231,5 @@ class WhisperModel(MaskedModel):
         """The fixed-window path for a request whose log-mel and plan are computed (the gated model's)."""
         ports = self.ports(None if plan.dense else plan.mask)
         return transcribe_windows(features, plan, ports.encode, ports.make_state, self.tokenizer,
-                                  self.model.dims.n_vocab, language, task, beam_size, self.model.dims.n_text_ctx // 2,
+                                  self.model.dims.n_vocab, language, task, beam_size, self.max_tokens,
                                   timings, t0, mask)

@@ -122,7 +122,10 @@ def load_export_inputs(model: str | Path | Whisper, tokenizer: str | Path | None
     predictor, pred_meta = load_gates(gates, whisper)
     gate_set = pred_meta.get("gate_set") or {}
     value = profile.budget if budget is None else budget
-    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope, profile.cost_unit, profile.pinned)
+    # the unit the gates were trained to budget wins over the profile's: an ms set planned in FLOPs skips
+    # other modules than it learned to skip
+    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope,
+                        gate_set.get("cost_unit") or profile.cost_unit, profile.pinned)
     for p in the_budget.pinned:
         if p not in whisper.gate_names:
             raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this model")

@@ -74,7 +74,10 @@ def family_export(model: str | Path | OwsmCheckpoint, gates: Any, profile: Devic
     predictor, meta = load_owsm_gates(gates, ckpt)
     gate_set = meta.get("gate_set") or {}
     value = profile.budget if budget is None else budget
-    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope, profile.cost_unit, profile.pinned)
+    # the unit the gates were trained to budget wins over the profile's: an ms set planned in FLOPs skips
+    # other modules than it learned to skip
+    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope,
+                        gate_set.get("cost_unit") or profile.cost_unit, profile.pinned)
     for p in the_budget.pinned:
         if p not in ckpt.model.gate_names:
             raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this OWSM model")

@@ -184,3 +184,32 @@ def test_eval_on_a_bundle_runs_the_context_asked_for(tiny_bundle, tmp_path, monk
                  "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     assert json.loads((out / "eval.json").read_text())["audio_ctx"] == used
     assert seen and set(seen) == {frames}
+
+
+def test_eval_max_tokens_caps_every_window(tiny_bundle, tmp_path, monkeypatch):
+    """--max-tokens reaches the decoder: a random model loops to the model's limit without it, to N with it."""
+    import soundfile as sf
+
+    from edgegate.commands.eval import main
+    from edgegate.runtimes.session import Session
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (np.random.default_rng(1).standard_normal(16000) * 0.05).astype(np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": str(wav), "lang": "en", "task": "transcribe", "text": "a"}) + "\n")
+    lengths = []
+    run = Session.transcribe_windows
+
+    def spy(self, *a, **k):
+        r = run(self, *a, **k)
+        lengths.append(len(r.tokens))
+        return r
+
+    monkeypatch.setattr(Session, "transcribe_windows", spy)
+    for cap in (None, 5):
+        flags = [] if cap is None else ["--max-tokens", str(cap)]
+        assert main(["--bundle", str(tiny_bundle), "--manifest", str(manifest), "--budgets", "0", *flags,
+                     "--out", str(tmp_path / f"e{cap}"), "--no-progress", "--threads", "1"]) == 0
+    assert lengths[0] > 5 and 0 < lengths[1] <= 5
+    assert main(["--bundle", str(tiny_bundle), "--manifest", str(manifest), "--max-tokens", "0",
+                 "--out", str(tmp_path / "bad"), "--no-progress"]) == 1

@@ -329,3 +329,28 @@ def test_cost_table_trains_on_measured_milliseconds(corpus, tiny_pt, tokenizer, 
     train(config(corpus, out, tiny_pt, steps=2, cost_table=str(bundle)), tokenizer=tokenizer)
     spec = json.loads((out / "gates.json").read_text())
     assert spec["train"]["cost_table"] == str(bundle)
+    # the gate set carries its table: the PyTorch path (transcribe --budget, eval, adapt --masks-from) plans
+    # in the ms it was trained with, without the bundle
+    assert spec["cost_unit"] == "ms" and set(spec["measured_costs"]) >= {"ms", "ms_meta"}
+    from edgegate.gated import load_gated
+    from edgegate.plan import estimate_tokens
+
+    bundle.rename(tmp_path / "moved")
+    gw = load_gated(out, model=model)
+    audio = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    plan = gw.plan(audio, "en", "transcribe", 0.5)
+    moved = Bundle.open(tmp_path / "moved", verify=False)
+    assert plan.budget.cost_unit == "ms"
+    expected = measured_gate_ms(moved, model.gate_names, plan.encoder_frames // 2, estimate_tokens(2.0))
+    assert np.allclose(plan.costs, expected)
+    # exported for a FLOP-budget target, the bundle still budgets in the unit the gates were trained on
+    b2 = export_bundle(tmp_path / "b2", "cpu", model, gates=out, progress=False, log=lambda m: None)
+    assert json.loads((b2 / "manifest.json").read_text())["budget"]["cost_unit"] == "ms"
+
+
+def test_cost_table_that_is_not_a_bundle_is_refused_before_loading(corpus, tiny_pt, tmp_path):
+    from edgegate.training import TrainingError
+
+    with pytest.raises(TrainingError, match="cost-table") as exc:
+        config(corpus, tmp_path / "g", tiny_pt, cost_table=str(tmp_path / "nowhere")).validate()
+    assert "\n" not in str(exc.value)

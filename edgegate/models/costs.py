@@ -10,8 +10,9 @@ runtime evaluates the very same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -106,16 +107,27 @@ def always_on_costs(dims: _Dims, n_frames: int = 1500, n_tokens: int = 32,
     return _at(always_on_cost_terms(dims), n_frames, n_tokens, bytes_per_param)
 
 
-def flop_costs(dims: _Dims, context_tail: bool = False):
-    """The planner's cost function for this model: (positions, tokens, unit) -> FLOPs per gate."""
+def flop_costs(dims: _Dims, context_tail: bool = False, measured: Mapping[str, Any] | None = None):
+    """The planner's cost function for this model: (positions, tokens, unit) -> cost per gate.
+
+    FLOPs always; milliseconds too when ``measured`` is a profiled bundle's measured table (``ms``,
+    ``ms_per_step``, ``ms_meta``), which a gate set trained with ``--cost-table`` carries, rescaled to the
+    utterance's shape with the same FLOP terms the runtime uses (``runtimes.latency.measured_ms``).
+    """
     from edgegate.errors import BudgetError
 
-    terms = [t for t, _ in module_cost_terms(dims, context_tail).values()]
+    table = {k: t for k, (t, _) in module_cost_terms(dims, context_tail).items()}
+    terms = list(table.values())
 
     def costs(positions: int, tokens: int, unit: str = "flops") -> np.ndarray:
+        if unit == "ms" and measured is not None:
+            from edgegate.runtimes.latency import measured_ms
+
+            ms = measured_ms(measured, table, positions, tokens)
+            return np.array([ms[k] for k in table], dtype=np.float64)
         if unit != "flops":
-            raise BudgetError(f"the PyTorch model plans in FLOPs; a budget in {unit!r} needs a bundle measured "
-                              "with edgegate profile (use the runtime Session)")
+            raise BudgetError(f"these gates plan in FLOPs; a budget in {unit!r} needs gates trained with "
+                              "train-gates --cost-table, or a bundle measured with edgegate profile")
         return np.array([t.at(positions, tokens) for t in terms], dtype=np.float64)
 
     return costs
