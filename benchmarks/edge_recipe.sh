@@ -10,6 +10,8 @@
 #   bash benchmarks/edge_recipe.sh [WORK_DIR]          # default ~/.cache/edgegate/adapt (outside the work tree)
 #   DECODER=1 bash benchmarks/edge_recipe.sh           # + the decoder adaptation for gates (stage 1b, ~1 h on
 #                                                      # 2 cores) and ms-planned gates (4b); results *_p2_*
+#   DECODER=2 bash benchmarks/edge_recipe.sh           # round 2 session 8's shorter path, ms plans throughout
+#                                                      # (stage 4c, ~2 h on 2 cores); results *_m_*
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
 #                                                      # after that step; rerun the same command to resume
 #
@@ -109,8 +111,10 @@ HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2
       --heldout "$C/kokoro_heldout3/manifest.jsonl")
 TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
 [[ "${ADAPT:-0}" == 1 ]] && TRAIN+=(--train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
+if [[ "${DECODER:-0}" != 2 ]]; then  # (DECODER=2 checks its own model in stage 4c)
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
   "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge${RES:-_tail}_pytorch.json"
+fi
 
 # 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training
 #    subset (44 utterances per language/task pair: train-gates labels every entry before its first step)
@@ -136,10 +140,55 @@ for x in pool:
 write_manifest(f"{g}/mixed.jsonl", subset)
 PY
 
-# 4. gate sets on the adapted model (decoder and both), FLOPs at its dynamic context; int8 bundles, profiled
+# gate training settings (stages 4, 4b, 4c) and ms-planned gate sets (4b, 4c)
 GATES=(--model "$MODEL" --batch-size 8 --lr 3e-3 --warmup 10 --alpha 8 --tau 2,0.3 --max-tokens 64 --seed 0 --threads 1
        --log-every 5 --checkpoint-every 25 --no-progress --target-range 0,0.7 --manifest "$G/mixed.jsonl"
        --audio-ctx 64 --adapt skip-adapters --adapter-rank 32)
+
+# decoder gate sets planned in measured milliseconds: trained with a profiled bundle's ms per module
+# (--cost-table), exported with budgets in ms (benchmarks/profiles/cpu-ms.toml).
+# ms_gates NAME MODEL [train-only]: train, then (unless train-only) serve_ms
+ms_gates() {
+  local name=$1 model=$2
+  local args=("${GATES[@]}"); args[1]=$model  # GATES with --model MODEL
+  OMP_NUM_THREADS=1 timed "gates_$name" python -m edgegate.commands.train_gates --out "$G/edge_$name" \
+    --scope decoder --steps 300 --cost-table "${COST_TABLE:-$WORK/bundles/edge-dec}" "${args[@]}"
+  [[ "${3:-}" == train-only ]] && return
+  serve_ms "$name" "$model" "$G/edge_$name"
+}
+# serve_ms NAME MODEL GATES: export with ms budgets, profile, evaluate, tabulate (results/gates_edge_NAME_runtime)
+serve_ms() {
+  local name=$1 model=$2 gates=$3 b=$WORK/bundles/edge-$1
+  timed "export_$name" edgegate export --model "$model" --gates "$gates" \
+    --target "$REPO/benchmarks/profiles/cpu-ms.toml" --out "$b" --force --no-progress
+  OMP_NUM_THREADS=1 timed "profile_$name" edgegate profile "$b" --frames 314 --tokens 24 --threads 1 --no-progress
+  OMP_NUM_THREADS=1 timed "eval_$name" edgegate eval --bundle "$b" --manifest "$E/real.jsonl" \
+    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
+    --out "$REPO/benchmarks/results/gates_edge_${name}_runtime"
+  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge_${name}_runtime/eval.json" "$b"
+}
+# 4c. (DECODER=2; round 2, session 8) ms plans throughout, in the time one session has: LayerDrop stopped at
+#     step 1,000 of its 2,400-step schedule (DECODER=1 resumes it to the end); an ms gate set on it, planned with
+#     the dense edge bundle's profile; the decoder trained on that set's plans (planned in ms since session 8:
+#     session 7's phase 3 got FLOP plans of its ms set), served with that set; the dense checks of the result.
+if [[ "${DECODER:-0}" == 2 ]]; then
+  timed export_dense edgegate export --model whisper-base-edge --target cpu --out "$WORK/bundles/base-edge" --force \
+    --no-progress
+  OMP_NUM_THREADS=1 timed profile_dense edgegate profile "$WORK/bundles/base-edge" --frames 314 --tokens 24 \
+    --threads 1 --no-progress
+  adapt_decoder ld --steps 2400 --lr 2e-5 --warmup 100 --drop-scope decoder --p-dense 0.25 --stop-after 1000
+  COST_TABLE=$WORK/bundles/base-edge ms_gates ld_decoder_ms "$WORK/runs/edge_ld" train-only
+  adapt_decoder m --steps 400 --lr 1e-5 --warmup 30 --seed 1 --drop-scope none --p-dense 0.4 \
+    --init-from "$WORK/runs/edge_ld" --masks-from "$G/edge_ld_decoder_ms"
+  timed eval_context_m python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$WORK/runs/edge_m" \
+    --rows edge/full,edge/dyn --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" \
+    "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge_m_pytorch.json"
+  # phase m is served with the gate set whose plans it was trained on (a set retrained on m is the next step)
+  serve_ms m_decoder_ms "$WORK/runs/edge_m" "$G/edge_ld_decoder_ms"
+  exit 0
+fi
+
+# 4. gate sets on the adapted model (decoder and both), FLOPs at its dynamic context; int8 bundles, profiled
 OMP_NUM_THREADS=1 timed gates_decoder python -m edgegate.commands.train_gates --out "$G/edge_dec" --scope decoder \
   --steps 300 "${GATES[@]}"
 OMP_NUM_THREADS=1 timed gates_both python -m edgegate.commands.train_gates --out "$G/edge_both" --scope both \
@@ -156,22 +205,7 @@ for scope in dec both; do
     "$REPO/benchmarks/results/gates_edge${RES}_${scope/dec/decoder}_runtime/eval.json" "$B"
 done
 
-# 4b. (DECODER=1) decoder gate sets planned in measured milliseconds: trained with the profiled decoder
-#     bundle's ms per module (--cost-table), exported with budgets in ms (benchmarks/profiles/cpu-ms.toml).
-#     ms_gates NAME MODEL: train, export, profile, evaluate, tabulate (results/gates_edge_NAME_runtime)
-ms_gates() {
-  local name=$1 model=$2 b=$WORK/bundles/edge-$1
-  local args=("${GATES[@]}"); args[1]=$model  # GATES with --model MODEL
-  OMP_NUM_THREADS=1 timed "gates_$name" python -m edgegate.commands.train_gates --out "$G/edge_$name" \
-    --scope decoder --steps 300 --cost-table "$WORK/bundles/edge-dec" "${args[@]}"
-  timed "export_$name" edgegate export --model "$model" --gates "$G/edge_$name" \
-    --target "$REPO/benchmarks/profiles/cpu-ms.toml" --out "$b" --force --no-progress
-  OMP_NUM_THREADS=1 timed "profile_$name" edgegate profile "$b" --frames 314 --tokens 24 --threads 1 --no-progress
-  OMP_NUM_THREADS=1 timed "eval_$name" edgegate eval --bundle "$b" --manifest "$E/real.jsonl" \
-    --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
-    --out "$REPO/benchmarks/results/gates_edge_${name}_runtime"
-  python "$REPO/benchmarks/gates_runtime_table.py" "$REPO/benchmarks/results/gates_edge_${name}_runtime/eval.json" "$b"
-}
+# 4b. (DECODER=1) the ms gate set on phase 2, phase 3 on its plans, an ms gate set on phase 3
 if [[ "${DECODER:-0}" == 1 ]]; then
   ms_gates p2_decoder_ms "$MODEL"
   # phase 3: the decoder trained on those ms plans, then an ms gate set on it (session 7's best: not within the bound)

@@ -158,19 +158,25 @@ def tiny_bundle(tmp_path_factory):
                          log=lambda m: None)
 
 
+def noise_manifest(tmp_path, seed: int):
+    """A one-entry manifest of 1 s of quiet noise (what a random tiny model is fed)."""
+    import soundfile as sf
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (np.random.default_rng(seed).standard_normal(16000) * 0.05).astype(np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": str(wav), "lang": "en", "task": "transcribe", "text": "a"}) + "\n")
+    return manifest
+
+
 @pytest.mark.parametrize(("flag", "used", "frames"), [("trained", "auto", 2 * (50 + 8)), ("none", "full", 3000),
                                                       ("20", 20, 2 * (50 + 20))])
 def test_eval_on_a_bundle_runs_the_context_asked_for(tiny_bundle, tmp_path, monkeypatch, flag, used, frames):
     """--audio-ctx reaches the runtime: 'trained' is the bundle's own rule, 'none' the full window, N a margin."""
-    import soundfile as sf
-
     from edgegate.commands.eval import main
     from edgegate.runtimes.session import Session
 
-    wav = tmp_path / "a.wav"
-    sf.write(wav, (np.random.default_rng(0).standard_normal(16000) * 0.05).astype(np.float32), 16000)
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"audio": str(wav), "lang": "en", "task": "transcribe", "text": "a"}) + "\n")
+    manifest = noise_manifest(tmp_path, seed=0)
     seen = []
     encode = Session.encode
 
@@ -188,15 +194,10 @@ def test_eval_on_a_bundle_runs_the_context_asked_for(tiny_bundle, tmp_path, monk
 
 def test_eval_max_tokens_caps_every_window(tiny_bundle, tmp_path, monkeypatch):
     """--max-tokens reaches the decoder: a random model loops to the model's limit without it, to N with it."""
-    import soundfile as sf
-
     from edgegate.commands.eval import main
     from edgegate.runtimes.session import Session
 
-    wav = tmp_path / "a.wav"
-    sf.write(wav, (np.random.default_rng(1).standard_normal(16000) * 0.05).astype(np.float32), 16000)
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"audio": str(wav), "lang": "en", "task": "transcribe", "text": "a"}) + "\n")
+    manifest = noise_manifest(tmp_path, seed=1)
     lengths = []
     run = Session.transcribe_windows
 
