@@ -72,13 +72,17 @@ class GatedWhisper:
                                            torch.tensor([float(budget)]))
         return s[0].double().numpy()
 
+    def _budget(self, budget: float, scope: str | None) -> Budget:
+        """A request's budget: the gate set's scope unless given, in the unit the gates were trained on."""
+        return Budget(validate_budget(budget), scope or self.spec.scope, self.spec.cost_unit, self.pinned)
+
     def plan(self, audio, language: str | None, task: str, budget: float, scope: str | None = None,
              audio_ctx: int | None | str = "auto", sample_rate: int = 16000) -> Plan:
         """The plan of one request: 16-kHz float32 samples (or a file, or its :class:`MelFeatures`)."""
         features = audio if isinstance(audio, MelFeatures) else MelFeatures.of(to_samples(audio, sample_rate),
                                                                               self.model.dims.n_mels)
         ctx = resolve_audio_ctx("auto" if audio_ctx == "trained" else audio_ctx, self.audio_ctx)
-        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, self.spec.cost_unit, self.pinned)
+        the_budget = self._budget(budget, scope)
         return self.planner.plan(features.request, language, task, the_budget, ctx)
 
     def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None, task: str = "transcribe",
@@ -95,7 +99,7 @@ class GatedWhisper:
             language = self.tokenizer.normalize_language(language)
         ctx = resolve_audio_ctx("auto" if audio_ctx == "trained" else audio_ctx, self.audio_ctx)
         opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
-        the_budget = Budget(validate_budget(budget), scope or self.spec.scope, self.spec.cost_unit, self.pinned)
+        the_budget = self._budget(budget, scope)
 
         def planner(request: RequestFeatures | None):
             if request is None:  # no audio left to decode (the VAD found no speech)

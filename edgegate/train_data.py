@@ -49,11 +49,11 @@ def measured_cost_table(bundle_dir: str, gate_names: list[str]) -> dict:
     return {k: costs[k] for k in MEASURED_KEYS if k in costs}
 
 
-def planning_cost_fn(model, cfg):
-    """The costs gates are trained with: FLOPs at the trimmed context, or a profiled bundle's measured ms."""
-    if cfg.cost_table is None:
-        return flop_costs(model.dims, model.context_tail)
-    fn = flop_costs(model.dims, model.context_tail, measured_cost_table(cfg.cost_table, list(model.gate_names)))
+def planning_cost_fn(model, measured: dict | None = None):
+    """The costs gates are trained with: FLOPs at the trimmed context, or ``measured`` (``measured_cost_table``)."""
+    fn = flop_costs(model.dims, model.context_tail, measured)
+    if measured is None:
+        return fn
     return lambda positions, n_tokens, unit="flops": fn(positions, n_tokens, "ms")
 
 
@@ -73,11 +73,13 @@ def teacher_tokens(model: Whisper, tokenizer, mel: torch.Tensor, lang: str, task
 
 
 def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_path: Path | None,
-                  rank: int = 0, world: int = 1, progress: bool = False, features=None) -> list[Example]:
+                  rank: int = 0, world: int = 1, progress: bool = False, features=None,
+                  measured_costs: dict | None = None) -> list[Example]:
     """Features and teacher labels for every manifest entry (labels cached in ``cache_path``).
 
     ``features(samples) -> (encoder input, stats, planning costs)`` is the model family's (None:
     Whisper's trimmed log-mel; OWSM's is ``edgegate.models.owsm_training.window_features``).
+    ``measured_costs``: plan in these measured ms (``measured_cost_table``) instead of FLOPs.
     """
     from edgegate.audio import load_audio
 
@@ -92,7 +94,7 @@ def load_examples(entries, model: Whisper, tokenizer, cfg: TrainConfig, cache_pa
     todo: list[int] = []
     keys: list[str] = []
     feats = []
-    planner = Planner(model.gate_names, planning_cost_fn(model, cfg)) if features is None else None
+    planner = Planner(model.gate_names, planning_cost_fn(model, measured_costs)) if features is None else None
     for i, e in enumerate(entries):
         samples = load_audio(e.audio)[: 30 * 16000]
         if features is not None:

@@ -131,15 +131,17 @@ class _Run:
     rank: int = 0
     world: int = 1
     xa_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    measured_costs: dict | None = None  # the ms table planned with (train-gates --cost-table), or None: FLOPs
 
 
 def _labelled_examples(cfg: TrainConfig, model: Whisper, tokenizer, entries, out: Path, rank: int,
-                       world: int, features=None) -> list[Example]:
+                       world: int, features=None, measured_costs: dict | None = None) -> list[Example]:
     """The utterances with teacher labels; those the dense model did not finish are left out."""
     torch.manual_seed(cfg.seed)
     model.eval()
     examples = load_examples(entries, model, tokenizer, cfg, out / "teacher_cache.json", rank, world,
-                             progress=cfg.progress and rank == 0, features=features)
+                             progress=cfg.progress and rank == 0, features=features,
+                             measured_costs=measured_costs)
     dropped = [e for e in examples if not e.finished] if cfg.drop_unfinished else []
     examples = [e for e in examples if e.finished or not cfg.drop_unfinished]
     if dropped and rank == 0:
@@ -185,8 +187,12 @@ def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
         out.mkdir(parents=True, exist_ok=True)
     if dist:
         dist.barrier()
+    # read once: the gate set records the very table it was trained with (OWSM features plan their own costs)
+    measured = None
+    if cfg.cost_table is not None and owsm is None:
+        measured = measured_cost_table(cfg.cost_table, list(model.gate_names))
     examples = _labelled_examples(cfg, model, tokenizer, entries, out, rank, world,
-                                  None if owsm is None else owsm.features)
+                                  None if owsm is None else owsm.features, measured)
     st = build_student(model, cfg)
     codes = default_language_codes() if owsm is None else owsm.codes
     pcfg = PredictorConfig(n_modules=len(st.names), n_mels=model.dims.n_mels, n_languages=len(codes),
@@ -198,7 +204,7 @@ def _start(cfg: TrainConfig, model: Whisper | None, tokenizer, entries) -> _Run:
         params.append({"params": st.trainable, "lr_scale": (cfg.adapt_lr or cfg.lr) / cfg.lr})
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    run = _Run(cfg, out, examples, st, predictor, opt, gen, codes, dist, rank, world)
+    run = _Run(cfg, out, examples, st, predictor, opt, gen, codes, dist, rank, world, measured_costs=measured)
     # Frozen encoder and decoder-only gates: run the encoder once per utterance and keep it.
     if cfg.scope == "decoder" and st.encoder_frozen:
         # no_grad, not inference_mode: fine-tuned cross-attention K/V weights save xa for backward.
@@ -315,8 +321,8 @@ def _finish(run: _Run, history: list[dict], seconds: float) -> dict:
                     extra={"train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                                      if k not in ("extra", "progress", "resume")},
                            "n_utterances": len(run.examples)})
-    if cfg.cost_table is not None:  # plan as trained: the PyTorch path has no bundle to measure
-        spec.extra.update(cost_unit="ms", measured_costs=measured_cost_table(cfg.cost_table, run.st.names))
+    if run.measured_costs is not None:  # plan as trained: the PyTorch path has no bundle to measure
+        spec.extra.update(cost_unit="ms", measured_costs=run.measured_costs)
     summary = {"steps": cfg.steps, "world_size": run.world, "seconds": seconds,
                "final": history[-1] if history else {}}
     if run.rank == 0:

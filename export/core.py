@@ -120,15 +120,7 @@ def load_export_inputs(model: str | Path | Whisper, tokenizer: str | Path | None
     if not Path(tok_path).is_file():
         raise ModelError(f"tokenizer not found at {tok_path}; pass tokenizer= (a Whisper tokenizer.json)")
     predictor, pred_meta = load_gates(gates, whisper)
-    gate_set = pred_meta.get("gate_set") or {}
-    value = profile.budget if budget is None else budget
-    # the unit the gates were trained to budget wins over the profile's: an ms set planned in FLOPs skips
-    # other modules than it learned to skip
-    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope,
-                        gate_set.get("cost_unit") or profile.cost_unit, profile.pinned)
-    for p in the_budget.pinned:
-        if p not in whisper.gate_names:
-            raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this model")
+    the_budget = profile.export_budget(pred_meta.get("gate_set") or {}, whisper.gate_names, budget, scope)
     return whisper, tok_path, model_name, predictor, pred_meta, the_budget
 
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from edgegate.budget import Budget
-from edgegate.errors import BudgetError, ModelError
+from edgegate.errors import ModelError
 from edgegate.export.core import FamilyExport
 from edgegate.export.owsm_graphs import family_manifest, module_jobs, window_frames, write_family_files
 from edgegate.export.profiles import DeviceProfile
@@ -72,15 +71,7 @@ def family_export(model: str | Path | OwsmCheckpoint, gates: Any, profile: Devic
     ckpt = model if isinstance(model, OwsmCheckpoint) else load_owsm(Path(model).expanduser())
     name = str(model) if isinstance(model, (str, Path)) else "custom"
     predictor, meta = load_owsm_gates(gates, ckpt)
-    gate_set = meta.get("gate_set") or {}
-    value = profile.budget if budget is None else budget
-    # the unit the gates were trained to budget wins over the profile's: an ms set planned in FLOPs skips
-    # other modules than it learned to skip
-    the_budget = Budget(value, scope or gate_set.get("scope") or profile.scope,
-                        gate_set.get("cost_unit") or profile.cost_unit, profile.pinned)
-    for p in the_budget.pinned:
-        if p not in ckpt.model.gate_names:
-            raise BudgetError(f"profile {profile.name} pins {p!r}, which is not a module of this OWSM model")
+    the_budget = profile.export_budget(meta.get("gate_set") or {}, ckpt.model.gate_names, budget, scope, "OWSM model")
     return FamilyExport(ckpt.model.eval(), name, predictor, meta, the_budget,
                         lambda: module_jobs(ckpt.model, window_frames(ckpt)),
                         lambda: family_manifest(ckpt, name), lambda w: write_family_files(w, ckpt),

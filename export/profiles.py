@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgegate.budget import COST_UNITS, SCOPES, validate_budget
-from edgegate.errors import EdgegateError
+from edgegate.budget import COST_UNITS, SCOPES, Budget, validate_budget
+from edgegate.errors import BudgetError, EdgegateError
 
 PRECISIONS = ("fp32", "int8", "fp16")
 FORMATS = ("onnx", "pte")
@@ -101,6 +101,20 @@ class DeviceProfile:
         object.__setattr__(self, "pinned", tuple(self.pinned))
         if not self.backends:
             raise bad("lists no backends")
+
+    def export_budget(self, gate_set: dict[str, Any], gate_names: list[str], budget: float | None = None,
+                      scope: str | None = None, model_kind: str = "model") -> Budget:
+        """The budget a bundle is exported with: ``budget``/``scope`` as asked, else the gate set's scope and
+        this profile's value. The unit the gates were trained to budget wins over the profile's: an ms set
+        planned in FLOPs skips other modules than it learned to skip. Pinning a module the model lacks is
+        refused."""
+        value = self.budget if budget is None else budget
+        the_budget = Budget(value, scope or gate_set.get("scope") or self.scope,
+                            gate_set.get("cost_unit") or self.cost_unit, self.pinned)
+        for p in the_budget.pinned:
+            if p not in gate_names:
+                raise BudgetError(f"profile {self.name} pins {p!r}, which is not a module of this {model_kind}")
+        return the_budget
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

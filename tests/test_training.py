@@ -310,17 +310,17 @@ def test_cost_table_trains_on_measured_milliseconds(corpus, tiny_pt, tokenizer, 
     from edgegate.models.costs import flop_costs
     from edgegate.runtimes.bundle import Bundle
     from edgegate.runtimes.latency import measured_gate_ms
-    from edgegate.train_data import planning_cost_fn
+    from edgegate.train_data import measured_cost_table, planning_cost_fn
     from edgegate.training import train
 
     model = load_tiny(tiny_pt)
     bundle = export_bundle(tmp_path / "bundle", "cpu", model, progress=False, log=lambda m: None)
     with pytest.raises(BudgetError, match="edgegate profile") as exc:
-        planning_cost_fn(model, config(corpus, tmp_path / "x", tiny_pt, cost_table=str(bundle)))
+        measured_cost_table(str(bundle), model.gate_names)
     assert "\n" not in str(exc.value)
     assert main(["profile", str(bundle), "--frames", "100", "--tokens", "4", "--no-progress", "--threads", "1",
                  "--repeats", "2"]) == 0
-    fn = planning_cost_fn(model, config(corpus, tmp_path / "x", tiny_pt, cost_table=str(bundle)))
+    fn = planning_cost_fn(model, measured_cost_table(str(bundle), model.gate_names))
     expected = measured_gate_ms(Bundle.open(bundle, verify=False), model.gate_names, 40, 6)
     assert np.allclose(fn(40, 6), expected) and (expected > 0).all()
     flops = flop_costs(model.dims, model.context_tail)(40, 6)
