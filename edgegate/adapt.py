@@ -65,7 +65,7 @@ def draw_mask(model: Whisper, cfg: AdaptConfig, rng: np.random.Generator, planne
     with ``planned`` (budget -> kept modules, from --masks-from) the gate predictor's plan at a random budget."""
     if (cfg.drop_scope == "none" and planned is None) or rng.random() < cfg.p_dense:
         return None
-    p = rng.uniform(0.0, cfg.drop_max)
+    p = rng.uniform(cfg.drop_min, cfg.drop_max)
     if planned is not None:
         return list(planned(p))
     keep = []

@@ -37,7 +37,10 @@ class AdaptConfig:
     p_full: float = 0.0  # share of utterances the student sees on the full 30-s window, as the teacher does:
     # without it the full-context path drifts (step 3,000 of edge1: 11 -> 17 real-clip word errors at full context)
     drop_scope: str = "decoder"
-    drop_max: float = 0.5  # per-utterance drop probability ~ U(0, drop_max) ...
+    drop_max: float = 0.5  # per-utterance drop probability ~ U(drop_min, drop_max) ...
+    # ... whose lower end, with --masks-from, puts the training where the served budgets are: a plan changes
+    # only at a few budgets, so U(0, 0.8) spends a third of the dropped utterances on plans below 0.25
+    drop_min: float = 0.0
     p_dense: float = 0.4  # ... on all but this share of utterances, which run dense
     train: str = "blocks"
     kl_weight: float = 0.0
@@ -57,7 +60,7 @@ class AdaptConfig:
     # this same model), the teacher staying the unmodified model, so the result is one delta to the base ...
     init_from: str | None = None
     # ... and drop what the gate predictor drops: the non-dense utterances run with the plan of this gate
-    # set at a budget ~ U(0, drop_max), instead of uniform random drops. Random LayerDrop spreads the
+    # set at a budget ~ U(drop_min, drop_max), instead of uniform random drops. Random LayerDrop spreads the
     # model's tolerance over every pattern; the plans the gates serve are few (the same cross-attentions
     # for most utterances), and these are the ones that must hold.
     masks_from: str | None = None
@@ -87,6 +90,8 @@ class AdaptConfig:
             raise AdaptError(f"unknown --train {self.train!r}: use one of {', '.join(TRAIN_SETS)}")
         if not (0.0 <= self.drop_max < 1.0) or not (0.0 <= self.p_dense <= 1.0) or not (0.0 <= self.p_full <= 1.0):
             raise AdaptError("--drop-max must be in [0, 1), --p-dense and --p-full in [0, 1]")
+        if not (0.0 <= self.drop_min <= self.drop_max):
+            raise AdaptError(f"--drop-min must be in [0, --drop-max={self.drop_max}]: got {self.drop_min}")
         for name in ("steps", "checkpoint_every", "log_every", "max_tokens", "repeat"):
             if getattr(self, name) < 1:
                 raise AdaptError(f"--{name.replace('_', '-')} must be >= 1: got {getattr(self, name)}")

@@ -167,6 +167,7 @@ def test_resume_refuses_a_mismatched_run(corpus, tiny_pt, tokenizer, tmp_path):
     (dict(margin=(64, 16)), "margin"),
     (dict(drop_scope="middle"), "drop-scope"),
     (dict(drop_max=1.5), "drop-max"),
+    (dict(drop_max=0.5, drop_min=0.6), "drop-min"),
     (dict(p_full=1.2), "p-full"),
     (dict(manifests=[]), "no manifest"),
     (dict(teacher_max_wer=0.0), "teacher-max-wer"),
@@ -349,3 +350,23 @@ def test_second_phase_starts_from_a_run_and_drops_what_the_gates_drop(corpus, ti
     with pytest.raises(ModelError, match="adaptation spec"):
         adapt(cfg(corpus, tmp_path / "third", tiny_pt, steps=1, init_from=str(tmp_path)), model=load_whisper(tiny_pt),
               tokenizer=tokenizer)
+
+
+def test_drop_min_puts_the_planned_budgets_in_range(tiny_pt):
+    """--drop-min / --drop-max bound the budget each non-dense utterance is planned at (--masks-from)."""
+    from edgegate.adapt import draw_mask
+    from edgegate.adapt_config import AdaptConfig
+    from edgegate.models.loaders import load_whisper
+
+    model = load_whisper(tiny_pt)
+    asked: list[float] = []
+
+    def planned(budget: float) -> list[bool]:
+        asked.append(budget)
+        return [True] * len(model.gate_names)
+
+    rng = np.random.default_rng(0)
+    c = AdaptConfig(manifests=["x"], out="x", model="x", drop_scope="none", p_dense=0.0, drop_min=0.4, drop_max=0.6)
+    for _ in range(200):
+        draw_mask(model, c, rng, planned)
+    assert len(asked) == 200 and min(asked) >= 0.4 and max(asked) <= 0.6 and max(asked) - min(asked) > 0.15

@@ -50,7 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-scope", choices=("none", "encoder", "decoder", "both"), default="decoder",
                    help="modules that may be dropped at random (default decoder)")
     p.add_argument("--drop-max", type=float, default=0.5,
-                   help="per-utterance drop probability is drawn from U(0, DROP_MAX) (default 0.5)")
+                   help="per-utterance drop probability is drawn from U(DROP_MIN, DROP_MAX) (default 0.5)")
+    p.add_argument("--drop-min", type=float, default=0.0,
+                   help="lower end of that range (default 0); with --masks-from, of the budgets: e.g. 0.2 "
+                        "trains on the plans of the budgets that will be served")
     p.add_argument("--p-full", type=float, default=0.0,
                    help="share of utterances the student sees on Whisper's full 30-s window, which keeps the "
                         "full-context path from drifting (default 0; ~0.15 costs ~1.5x per step)")
@@ -67,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(the teacher stays the unmodified model; the result is one delta to it)")
     p.add_argument("--masks-from", default=None, metavar="GATES",
                    help="drop what this gate set (a train-gates directory or a shipped name) drops: non-dense "
-                        "utterances run with its plan at a budget ~ U(0, --drop-max) instead of random drops")
+                        "utterances run with its plan at a budget ~ U(--drop-min, --drop-max) instead of random drops")
     p.add_argument("--p-dense", type=float, default=0.4,
                    help="share of utterances that run with no drops (default 0.4)")
     p.add_argument("--train", choices=("blocks", "encoder", "decoder"), default="blocks",
@@ -97,8 +100,9 @@ def config_from_args(args: argparse.Namespace):
     return AdaptConfig(
         manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
-        drop_scope=args.drop_scope, drop_max=args.drop_max, p_dense=args.p_dense, p_full=args.p_full, train=args.train,
-        kl_weight=args.kl_weight, teacher_max_wer=args.teacher_max_wer, teacher_context=args.teacher_audio_ctx,
+        drop_scope=args.drop_scope, drop_max=args.drop_max, drop_min=args.drop_min, p_dense=args.p_dense,
+        p_full=args.p_full, train=args.train, kl_weight=args.kl_weight,
+        teacher_max_wer=args.teacher_max_wer, teacher_context=args.teacher_audio_ctx,
         init_from=args.init_from, masks_from=args.masks_from,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
