@@ -12,6 +12,8 @@
 #                                                      # 2 cores) and ms-planned gates (4b); results *_p2_*
 #   DECODER=2 bash benchmarks/edge_recipe.sh           # round 2 session 8's shorter path, ms plans throughout
 #                                                      # (stage 4c, ~2 h on 2 cores); results *_m_*
+#   DECODER=3 bash benchmarks/edge_recipe.sh           # session 9: phase m2 from DECODER=2's phase m, an ms set
+#                                                      # retrained on it (stage 4d, ~1.5 h on 2 cores); *_m2_*
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
 #                                                      # after that step; rerun the same command to resume
 #
@@ -151,7 +153,9 @@ GATES=(--model "$MODEL" --batch-size 8 --lr 3e-3 --warmup 10 --alpha 8 --tau 2,0
 ms_gates() {
   local name=$1 model=$2
   local args=("${GATES[@]}"); args[1]=$model  # GATES with --model MODEL
-  OMP_NUM_THREADS=1 timed "gates_$name" python -m edgegate.commands.train_gates --out "$G/edge_$name" \
+  # GATE_PROCS=2 when both cores are free: train-gates splits labelling and each batch over DDP ranks
+  OMP_NUM_THREADS=1 timed "gates_$name" torchrun --nproc_per_node "${GATE_PROCS:-1}" --master_port 29613 \
+    -m edgegate.commands.train_gates --out "$G/edge_$name" \
     --scope decoder --steps 300 --cost-table "${COST_TABLE:-$WORK/bundles/edge-dec}" "${args[@]}"
   [[ "${3:-}" == train-only ]] && return
   serve_ms "$name" "$model" "$G/edge_$name"
@@ -185,6 +189,22 @@ if [[ "${DECODER:-0}" == 2 ]]; then
     "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge_m_pytorch.json"
   # phase m is served with the gate set whose plans it was trained on (a set retrained on m is the next step)
   serve_ms m_decoder_ms "$WORK/runs/edge_m" "$G/edge_ld_decoder_ms"
+  exit 0
+fi
+
+# 4d. (DECODER=3; round 2, session 9) from 4c's phase m: phase m2 on the plans of the same set, now at the budgets
+#     that are served (~ U(0.2, 0.65): U(0, 0.8) spent a third of its dropped utterances below the 0.25 plan) and
+#     half the utterances dense (translation); then an ms set retrained on m2 (its skip adapters fit to m2's
+#     decoder: the set of 4c carries adapters fit to LayerDrop's), served; the dense checks of m2.
+if [[ "${DECODER:-0}" == 3 ]]; then
+  adapt_decoder m2 --steps 800 --lr 1e-5 --warmup 30 --seed 2 --drop-scope none --p-dense 0.5 --drop-min 0.2 \
+    --drop-max 0.65 --init-from "$WORK/runs/edge_m" --masks-from "$G/edge_ld_decoder_ms"
+  GATE_PROCS=2 COST_TABLE=$WORK/bundles/base-edge ms_gates m2_decoder_ms "$WORK/runs/edge_m2" train-only
+  timed eval_context_m2 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$WORK/runs/edge_m2" \
+    --rows edge/full,edge/dyn --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" \
+    "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge_m2_pytorch.json" &
+  serve_ms m2_decoder_ms "$WORK/runs/edge_m2" "$G/edge_m2_decoder_ms"
+  wait
   exit 0
 fi
 
