@@ -25,6 +25,19 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
+
+def manifest_word_errors(entries: list, transcribe: Callable[[Any], str]) -> tuple[int, int]:
+    """(word errors, reference words) of ``transcribe(entry) -> text`` over manifest entries, each normalised
+    in its own language."""
+    from edgegate.textnorm import word_errors
+
+    errors = words = 0
+    for e in entries:
+        n_err, n_words = word_errors([e.text], [transcribe(e)], e.lang)
+        errors, words = errors + n_err, words + n_words
+    return errors, words
+
+
 # faster-whisper decoding that matches edgegate's greedy transcribe: temperature 0 only, no timestamps,
 # no VAD, no previous-text conditioning, Whisper's token suppression.
 FASTER_WHISPER_DECODING = {"language": "en", "task": "transcribe", "beam_size": 1, "best_of": 1, "temperature": [0.0],

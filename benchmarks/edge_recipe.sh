@@ -203,8 +203,9 @@ if [[ "${DECODER:-0}" == 3 ]]; then
   timed eval_context_m2 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$WORK/runs/edge_m2" \
     --rows edge/full,edge/dyn --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" \
     "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge_m2_pytorch.json" &
+  dense_check=$!
   serve_ms m2_decoder_ms "$WORK/runs/edge_m2" "$G/edge_m2_decoder_ms"
-  wait
+  wait "$dense_check"  # its exit status, so that set -e stops on a failed dense check (a bare wait returns 0)
   exit 0
 fi
 

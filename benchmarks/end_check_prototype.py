@@ -18,12 +18,12 @@ import json
 
 import numpy as np
 import torch
+from common import manifest_word_errors
 
 from edgegate import transcriber
 from edgegate.data.manifest import read_manifest
 from edgegate.gated import load_gated
 from edgegate.longform import ModelPorts
-from edgegate.textnorm import word_errors
 
 COUNTS = {"checks": 0, "overruled": 0}
 
@@ -83,18 +83,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     wm = transcriber.WhisperModel(args.model, threads=1)
-    if args.check:
-        plain = transcriber.WhisperModel.ports
-        transcriber.WhisperModel.ports = lambda self, mask=None: (
-            plain(self, mask) if mask is None or all(mask) else end_checked_ports(self, mask))
+    if args.check:  # this model's gated requests only (GatedWhisper asks wm.ports for each plan)
+        plain = wm.ports
+        wm.ports = lambda mask=None: plain(mask) if mask is None or all(mask) else end_checked_ports(wm, mask)
     gw = load_gated(args.gates, model=wm)
     entries = [e for e in read_manifest(args.manifest) if e.task == "transcribe"]
     for b in (float(x) for x in args.budgets.split(",")):
-        errors = words = 0
-        for e in entries:
-            text = gw.transcribe_text(e.audio, language=e.lang, task=e.task, budget=b).text
-            n_err, n_words = word_errors([e.text], [text], e.lang)
-            errors, words = errors + n_err, words + n_words
+        errors, words = manifest_word_errors(
+            entries, lambda e, b=b: gw.transcribe_text(e.audio, language=e.lang, task=e.task, budget=b).text)
         print(json.dumps({"budget": b, "check": args.check, "errors": errors, "words": words, **COUNTS}), flush=True)
 
 

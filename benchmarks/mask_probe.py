@@ -15,9 +15,9 @@ import argparse
 import json
 
 import torch
+from common import manifest_word_errors
 
 from edgegate.data.manifest import read_manifest
-from edgegate.textnorm import word_errors
 from edgegate.transcriber import WhisperModel
 
 PROBES = {"dense": (), "no_mlp": ("mlp",), "no_self": ("self_attn",), "no_self_no_mlp": ("self_attn", "mlp")}
@@ -33,11 +33,8 @@ def main() -> None:
     entries = read_manifest(args.manifest)
     for label, kinds in PROBES.items():
         mask = [not (n.startswith("decoder.") and n.rsplit(".", 1)[-1] in kinds) for n in wm.model.gate_names]
-        errors = words = 0
-        for e in entries:
-            text = wm.transcribe_text(e.audio, language=e.lang, task=e.task, mask=mask).text
-            n_err, n_words = word_errors([e.text], [text], e.lang)
-            errors, words = errors + n_err, words + n_words
+        errors, words = manifest_word_errors(
+            entries, lambda e, m=mask: wm.transcribe_text(e.audio, language=e.lang, task=e.task, mask=m).text)
         print(json.dumps({"probe": label, "skipped": mask.count(False), "errors": errors, "words": words}),
               flush=True)
 
