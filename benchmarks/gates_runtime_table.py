@@ -2,7 +2,8 @@
 
 Reads what ``edgegate eval --bundle B --budgets ...`` wrote (eval.json) and the bundle's measured cost table
 (``edgegate profile B``), counts word errors over whole sets (real clips; synthetic transcribe items summed over
-languages), and writes the table as JSON beside eval.json (``budget_table.json``).
+languages), sums what the dense check did (edgegate.dense_check), and writes the table as JSON beside eval.json
+(``budget_table.json``).
 
     python benchmarks/gates_runtime_table.py benchmarks/results/gates_edge_decoder_runtime/eval.json BUNDLE
 """
@@ -35,7 +36,9 @@ def rows(report: dict, ms: dict[str, float]) -> list[dict]:
             if st:
                 bleus.append(sacrebleu.corpus_bleu([u["hypothesis"] for u in st], [[u["reference"] for u in st]]).score)
         skipped_ms = statistics.mean(sum(ms[n] for n, k in zip(names, u["mask"], strict=True) if not k) for u in us)
-        out.append({"budget": b, **counts,
+        checked = [u["dense_check"] for u in us if u.get("dense_check")]
+        check = {k: sum(c[k] for c in checked) for k in checked[0]} if checked else None
+        out.append({"budget": b, **counts, "dense_check": check,
                     "synthetic_bleu_mean": round(statistics.mean(bleus), 2) if bleus else None,
                     "skipped_gateable_flops": round(statistics.mean(u["skipped_gated"] for u in us), 4),
                     "skipped_measured_ms": round(skipped_ms, 2), "gateable_ms": round(sum(ms[n] for n in names), 2),
@@ -55,14 +58,18 @@ def main() -> int:
     table = rows(report, ms)
     write_json_atomic(path.with_name("budget_table.json"), {"eval": str(path), "bundle": str(bundle),
                                                            "profiled": manifest["costs"].get("ms_meta"), "rows": table})
+    print(f"dense check: {report.get('dense_check', 'off')}")
     print("| budget | real word errors | synthetic word errors (WER) | synthetic BLEU | skipped gateable FLOPs "
-          "| skipped measured ms | median latency ms | vs dense |\n|---|---|---|---|---|---|---|---|")
+          "| skipped measured ms | median latency ms | vs dense | windows redone / end checks / overruled |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in table:
+        c = r["dense_check"]
+        check = "-" if c is None else f"{c['redone']} / {c['end_checks']} / {c['overruled']}"
         print(f"| {r['budget']:g} | {r['real_errors']} / {r['real_words']} | {r['synthetic_errors']} "
               f"({r['synthetic_wer_corpus']} %) | {r['synthetic_bleu_mean']} | "
               f"{100 * r['skipped_gateable_flops']:.1f} % | "
               f"{r['skipped_measured_ms']} of {r['gateable_ms']} | {1000 * r['median_latency_s']:.1f} | "
-              f"{r['latency_vs_dense']} |")
+              f"{r['latency_vs_dense']} | {check} |")
     return 0
 
 

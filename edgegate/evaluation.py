@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Utterance:
     latency_s: float
     duration_s: float
     mask: list[bool] | None
+    dense_check: dict[str, int] | None = None  # what the dense check did (edgegate.dense_check), when it ran
 
 
 def request_cost_fn(gate_costs: Callable[..., np.ndarray], always_on: Callable[[int, int], float],
@@ -98,6 +99,15 @@ def evaluate(sets: dict[str, Sequence[Any]], transcribe_fn: TranscribeFn, budget
 
     ``sets`` maps a set name to manifest entries (``audio``, ``lang``, ``task``, ``text``).
     """
+    return evaluate_variants(sets, {"": transcribe_fn}, budgets, gate_names, cost_fn, progress, log)[""]
+
+
+def evaluate_variants(sets: dict[str, Sequence[Any]], variants: Mapping[str, TranscribeFn], budgets: Sequence[float],
+                      gate_names: Sequence[str], cost_fn: CostFn | None = None, progress: bool = True,
+                      log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` for several ways of transcribing (variant name -> function), side by side: each
+    utterance and budget runs every variant back to back, so that their latencies share the machine's load.
+    One report per variant."""
     if not budgets:
         raise EdgegateError("no budgets to evaluate: pass e.g. --budgets 0,0.1,0.25,0.5")
     jobs = [(name, e, b) for name, entries in sets.items() for e in entries for b in budgets]
@@ -109,27 +119,29 @@ def evaluate(sets: dict[str, Sequence[Any]], transcribe_fn: TranscribeFn, budget
         from tqdm import tqdm
 
         it = bar = tqdm(jobs, desc="eval", unit="utt", dynamic_ncols=True)
-    utts: list[Utterance] = []
+    utts: dict[str, list[Utterance]] = {v: [] for v in variants}
     n = len(gate_names)
     for name, e, b in it:
-        t0 = time.perf_counter()
-        r = transcribe_fn(e.audio, e.lang, e.task, float(b))
-        latency = r.timings.get("total", time.perf_counter() - t0) if getattr(r, "timings", None) else \
-            time.perf_counter() - t0
-        mask = list(r.mask) if r.mask is not None else [True] * n
-        sg = st = None
-        if cost_fn is not None:
-            costs, fixed = cost_fn(r)
-            skipped = float(np.sum(costs[~np.asarray(mask, dtype=bool)]))
-            sg = skipped / float(np.sum(costs))
-            st = skipped / (float(np.sum(costs)) + fixed)
-        utts.append(Utterance(name, str(e.audio), e.lang, e.task, float(b), e.text, r.text, int(sum(mask)), n,
-                              sg, st, float(latency), float(r.duration), [bool(m) for m in mask]))
-        if log is not None:
-            log(f"[{name} {e.lang} {e.task} b={b:g}] {r.text}")
+        for variant, transcribe_fn in variants.items():
+            t0 = time.perf_counter()
+            r = transcribe_fn(e.audio, e.lang, e.task, float(b))
+            latency = r.timings.get("total", time.perf_counter() - t0) if getattr(r, "timings", None) else \
+                time.perf_counter() - t0
+            mask = list(r.mask) if r.mask is not None else [True] * n
+            sg = st = None
+            if cost_fn is not None:
+                costs, fixed = cost_fn(r)
+                skipped = float(np.sum(costs[~np.asarray(mask, dtype=bool)]))
+                sg = skipped / float(np.sum(costs))
+                st = skipped / (float(np.sum(costs)) + fixed)
+            utts[variant].append(Utterance(name, str(e.audio), e.lang, e.task, float(b), e.text, r.text,
+                                           int(sum(mask)), n, sg, st, float(latency), float(r.duration),
+                                           [bool(m) for m in mask], getattr(r, "dense_check", None)))
+            if log is not None:
+                log(f"[{name} {e.lang} {e.task} b={b:g}{' ' + variant if variant else ''}] {r.text}")
     if bar is not None:
         bar.close()
-    return summarize(utts, budgets, gate_names)
+    return {v: summarize(us, budgets, gate_names) for v, us in utts.items()}
 
 
 def summarize(utts: list[Utterance], budgets: Sequence[float], gate_names: Sequence[str]) -> dict[str, Any]:
@@ -166,6 +178,9 @@ def summarize(utts: list[Utterance], budgets: Sequence[float], gate_names: Seque
                              "skipped_total_flops": _mean([u.skipped_total for u in us]),
                              "kept_modules": round(float(np.mean([u.kept for u in us])), 2) if us else None,
                              "latency_s": round(float(np.mean([u.latency_s for u in us])), 4) if us else None}
+        checked = [u.dense_check for u in us if u.dense_check]
+        if checked:
+            overall[f"{b:g}"]["dense_check"] = {k: sum(c[k] for c in checked) for k in checked[0]}
     return {"budgets": [float(b) for b in budgets], "gate_names": list(gate_names), "groups": groups,
             "overall": overall, "keep_rate": keep_rate, "utterances": [asdict(u) for u in utts]}
 

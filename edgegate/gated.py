@@ -23,6 +23,7 @@ import torch
 
 from edgegate.adaptation import apply_adaptation
 from edgegate.budget import Budget, validate_budget
+from edgegate.dense_check import DENSE_CHECK
 from edgegate.errors import ModelError
 from edgegate.gate_set import GATES_FILE, PREDICTOR_FILE, GateSpec, resolve_gates_dir
 from edgegate.longform import DEFAULT_TEMPERATURES, build_options, plan_info, resolve_audio_ctx, transcribe_long
@@ -88,12 +89,13 @@ class GatedWhisper:
     def transcribe(self, audio, sample_rate: int = 16000, language: str | None = None, task: str = "transcribe",
                    budget: float = 0.0, scope: str | None = None, audio_ctx: int | str | None = "auto",
                    beam_size: int = 1, temperature=DEFAULT_TEMPERATURES, word_timestamps: bool = False,
-                   vad_filter: bool = False, vad_options=None, **options):
+                   vad_filter: bool = False, vad_options=None, dense_check: str | bool = DENSE_CHECK, **options):
         """``segments, info`` as ``WhisperModel.transcribe``, with the modules the predictor and budget pick.
 
         One plan per request, from the first 30 s of the log-mel the windows are cut from (computed
         once; ``info.plan``); the other keywords are ``WhisperModel.transcribe``'s. ``audio_ctx``
-        "auto" (or "trained") is the gate set's margin (``gates.json``), "full" Whisper's 30 s.
+        "auto" (or "trained") is the gate set's margin (``gates.json``), "full" Whisper's 30 s. ``dense_check``:
+        how the dense decoder watches a plan ("loops", "all" or "off": edgegate.dense_check).
         """
         if language is not None:
             language = self.tokenizer.normalize_language(language)
@@ -108,7 +110,7 @@ class GatedWhisper:
                 mask = self.planner.plan(request, language, task, the_budget, ctx).kept
             info = plan_info(self.gate_names, mask, ctx)
             info["budget"] = budget
-            return self.wm.ports(None if all(mask) else mask), mask, info
+            return self.wm.ports(None if all(mask) else mask, dense_check), mask, info
 
         return transcribe_long(audio, None, opts, self.model.dims.n_mels, sample_rate, vad_filter, vad_options,
                                planner=planner)
@@ -123,14 +125,15 @@ class GatedWhisper:
 
     def transcribe_windows(self, audio, sample_rate: int = 16000, language: str | None = None,
                            task: str = "transcribe", budget: float = 0.0, beam_size: int = 1,
-                           scope: str | None = None, audio_ctx: int | None | str = "auto") -> Transcription:
+                           scope: str | None = None, audio_ctx: int | None | str = "auto",
+                           dense_check: str | bool = DENSE_CHECK) -> Transcription:
         """Like ``WhisperModel.transcribe_windows``, with the modules the predictor and budget pick.
 
         ``budget`` 0 runs dense (bit-identical to the base model; adapters run only in place of a
         skipped module). The encoder context is trimmed as in training (``audio_ctx="auto"``,
         the margin in ``gates.json``); pass ``None`` for Whisper's full 30 s or another margin.
         Short clips (1-3 s) with a small margin (32) can make Whisper base loop: see
-        docs/training.md.
+        docs/training.md. ``dense_check`` as in :meth:`transcribe`.
         """
         t0 = time.perf_counter()
         if language is not None:
@@ -140,7 +143,7 @@ class GatedWhisper:
         t1 = time.perf_counter()
         plan = self.plan(features, language, task, budget, scope, audio_ctx)
         timings = {"frontend": t1 - t0, "plan": time.perf_counter() - t1, "encoder": 0.0, "decoder": 0.0}
-        return self.wm.run_windows(features, plan, language, task, beam_size, timings, t0, plan.kept)
+        return self.wm.run_windows(features, plan, language, task, beam_size, timings, t0, plan.kept, dense_check)
 
 
 def load_gated(name_or_dir: str | os.PathLike = "whisper-base", model=None, threads: int | None = None,

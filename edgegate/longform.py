@@ -19,6 +19,7 @@ import numpy as np
 
 from edgegate.alignment import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, find_alignment
 from edgegate.decoding import DecodeOptions, DecodeResult, DecoderState, decode_window, detect_language
+from edgegate.dense_check import DenseCheck
 from edgegate.errors import EdgegateError
 from edgegate.frontend import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from edgegate.pipeline import Segment, TranscriptionInfo
@@ -35,7 +36,8 @@ class ModelPorts:
     """What the loop needs from a model: ``encode(mel (1, n_mels, frames)) -> cross``,
     ``make_state(cross) -> DecoderState`` and, for word timestamps, ``align(cross, tokens (1, T))``
     returning (logits (T, vocab), pre-softmax cross-attention scores of the alignment heads
-    (heads, T, encoder positions))."""
+    (heads, T, encoder positions)). ``check``, for a plan that skips decoder modules: the dense decoder over
+    the same encoded windows (:mod:`edgegate.dense_check`)."""
 
     encode: Callable[[np.ndarray], Any]
     make_state: Callable[[Any], DecoderState]
@@ -43,6 +45,13 @@ class ModelPorts:
     n_vocab: int
     n_text_ctx: int = 448
     align: Callable[[Any, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    check: DenseCheck | None = None
+
+    def new_state(self, cross: Any) -> Callable[[], DecoderState]:
+        """A factory of fresh decoder states over ``cross``: end-checked when the plan has a dense check."""
+        if self.check is None:
+            return lambda: self.make_state(cross)
+        return self.check.states(self.make_state, cross)
 
 
 @dataclass
@@ -141,19 +150,32 @@ def _needs_fallback(result: DecodeResult, opts: LongformOptions, looped: bool) -
 
 def decode_with_fallback(cross: Any, ports: ModelPorts, opts: LongformOptions, language: str, prompt: list[int],
                          prefix: list[int], info: TranscriptionInfo) -> tuple[DecodeResult, int | None]:
-    """Decode at each temperature until the result passes the quality checks; (result, loop start or None)."""
+    """Decode at each temperature until the result passes the quality checks; (result, loop start or None).
+
+    With a dense check (``ports.check``), the first failed pass is decoded again by the dense decoder at the
+    same temperature, and it makes the rest of the fallback (edgegate.dense_check)."""
     tok = ports.tokenizer
     result, loop = None, None
-    for t in opts.temperatures():
+    new_state = ports.new_state(cross)
+    dense = ports.check is None
+    temps = opts.temperatures()
+    i = 0
+    while i < len(temps):
+        t = temps[i]
         d = DecodeOptions(language, opts.task, temperature=t, beam_size=opts.beam_size if t == 0 else 1,
                           best_of=opts.best_of if t > 0 else 1, timestamps=not opts.without_timestamps,
                           max_initial_timestamp=opts.max_initial_timestamp, prompt=prompt, prefix=prefix,
                           max_tokens=ports.n_text_ctx // 2, n_text_ctx=ports.n_text_ctx, seed=opts.seed)
-        result = decode_window(lambda: ports.make_state(cross), tok, ports.n_vocab, d)
+        result = decode_window(new_state, tok, ports.n_vocab, d)
         info.decoder_steps += result.steps
         loop = find_repetition(result.tokens, tok.eot, opts.repetition_limit) if opts.repetition_limit else None
         if not _needs_fallback(result, opts, loop is not None):
             break
+        if not dense:  # the gated decoder failed this window: the dense one decodes it, at this temperature first
+            dense = True
+            new_state = ports.check.dense_states(cross)
+            continue
+        i += 1
     return result, loop
 
 
@@ -376,6 +398,8 @@ def transcribe_long(audio, ports: ModelPorts | None, opts: LongformOptions, n_me
     def run() -> Iterator[Segment]:
         if mel is not None:
             yield from transcribe_windows_long(mel, ports, opts, language, info, emit)
+        if ports.check is not None:
+            info.dense_check = ports.check.counts.as_dict()
         info.timings["total"] = time.perf_counter() - t0
 
     return run(), info

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgegate.audio import load_audio, prepare_audio
+from edgegate.dense_check import DenseCheck, failed
 from edgegate.frontend import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from edgegate.plan import Plan, RequestFeatures
 
@@ -62,6 +63,7 @@ class TranscriptionInfo:
     options: dict[str, Any] = field(default_factory=dict)
     speech_chunks: list[tuple[float, float]] | None = None  # VAD chunks, seconds of the original audio
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    dense_check: dict[str, int] | None = None  # what the plan's dense check did (edgegate.dense_check)
     windows: int = 0  # encoder passes over 30-s windows (language detection included)
     decoder_steps: int = 0  # decoder calls (every temperature, beam and alignment pass included)
 
@@ -76,6 +78,7 @@ class Transcription:
     task: str = "transcribe"
     mask: list[bool] | None = None  # kept gateable modules (None = dense)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    dense_check: dict[str, int] | None = None  # what the plan's dense check did (edgegate.dense_check)
 
     @property
     def tokens(self) -> list[int]:
@@ -130,7 +133,7 @@ def mel_windows(samples: np.ndarray, n_mels: int = 80) -> Iterator[MelWindow]:
 def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.ndarray], Any],
                        make_state: Callable[[Any], Any], tokenizer: Any, n_vocab: int, language: str | None,
                        task: str, beam_size: int, max_tokens: int, timings: dict[str, float], t0: float,
-                       mask: list[bool] | None = None) -> Transcription:
+                       mask: list[bool] | None = None, check: DenseCheck | None = None) -> Transcription:
     """Fixed 30-s windows without timestamps: the short-utterance path (one segment per window).
 
     Every transcriber shares it, whatever runs the model; long-form transcription with timestamps,
@@ -140,7 +143,8 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
     trimmed to the plan's encoder length), ``make_state(encoded)`` a fresh decoder state over it.
     Adds encoder and decoder seconds to ``timings`` and ``total`` since ``t0``. The language, when
     not given, is detected once on the first window and kept, as Whisper does. ``mask`` is what
-    the result reports as kept modules (None = dense).
+    the result reports as kept modules (None = dense). ``check``: the plan's dense check (edgegate.dense_check):
+    end-checked greedy decoding, and a window whose gated result looks broken is decoded again densely.
     """
     from edgegate.decoding import decode
 
@@ -150,8 +154,13 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
         t1 = time.perf_counter()
         encoded = encode(window.mel[None, :, :plan.frames_for(window.n_frames)])
         t2 = time.perf_counter()
-        result = decode(lambda e=encoded: make_state(e), tokenizer, n_vocab, language, task, beam_size,
-                        max_tokens=max_tokens)
+        new_state = (lambda e=encoded: make_state(e)) if check is None else check.states(make_state, encoded)
+        result = decode(new_state, tokenizer, n_vocab, language, task, beam_size, max_tokens=max_tokens)
+        if check is not None and failed(result, tokenizer.eot, max_tokens):
+            probs = result.language_probs
+            result = decode(check.dense_states(encoded), tokenizer, n_vocab, language or result.language, task,
+                            beam_size, max_tokens=max_tokens)
+            result.language_probs = probs
         timings["encoder"] = timings.get("encoder", 0.0) + t2 - t1
         timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - t2
         if language is None:
@@ -160,7 +169,8 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
                                 result.tokens, avg_logprob=result.avg_logprob, temperature=0.0))
     timings["total"] = time.perf_counter() - t0
     text = " ".join(s.text for s in segments if s.text)
-    return Transcription(text, segments, language or "", probability, features.duration, task, mask, timings)
+    return Transcription(text, segments, language or "", probability, features.duration, task, mask, timings,
+                         None if check is None else check.counts.as_dict())
 
 
 def as_segments(r: Transcription) -> tuple[Iterator[Segment], TranscriptionInfo]:
@@ -176,4 +186,4 @@ def collect(segments: Iterator[Segment], info: TranscriptionInfo) -> Transcripti
     items = list(segments)
     text = "".join(s.text for s in items).strip()
     return Transcription(text, items, info.language, info.language_probability, info.duration, info.task,
-                         info.plan.get("mask"), dict(info.timings))
+                         info.plan.get("mask"), dict(info.timings), info.dense_check)

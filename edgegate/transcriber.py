@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from edgegate.alignment import ALIGNMENT_HEADS, alignment_heads
+from edgegate.dense_check import DENSE_CHECK, DenseCheck, check_mode
 from edgegate.errors import BudgetError
 from edgegate.longform import (
     DEFAULT_TEMPERATURES,
@@ -101,6 +102,14 @@ def torch_aligner(model: Whisper, gates: list[Gate], heads: np.ndarray):
     return align
 
 
+class _CrossKV(list):
+    """A window's cross-attention K/V that keeps the encoder output, for the dense check's missing K/V."""
+
+    def __init__(self, cross: list, xa: torch.Tensor):
+        super().__init__(cross)
+        self.xa = xa
+
+
 class MaskedModel:
     """Gate names and keep-masks for a wrapper whose ``model`` has ``gate_names`` and ``split_gates``
     (Whisper and OWSM alike)."""
@@ -145,25 +154,46 @@ class WhisperModel(MaskedModel):
         return getattr(self.model, "default_audio_ctx", None)
 
 
-    def ports(self, mask: list[bool] | np.ndarray | None = None) -> ModelPorts:
-        """encode / make_state / align over this model with ``mask`` (see ``edgegate.longform``)."""
+    def ports(self, mask: list[bool] | np.ndarray | None = None, dense_check: str | bool = "off") -> ModelPorts:
+        """encode / make_state / align over this model with ``mask`` (see ``edgegate.longform``);
+        ``dense_check``: the plan's dense check mode (edgegate.dense_check)."""
         gates = self.mask_to_gates(mask)
         dims = self.model.dims
+        check = None if check_mode(dense_check) == "off" else self._dense_check(gates, check_mode(dense_check))
 
         def encode(mel: np.ndarray) -> list:
             with torch.inference_mode():
                 xa = self.model.embed_audio(torch.from_numpy(np.ascontiguousarray(mel)), gates)
-                return self.model.cross_kv(xa, gates)
+                cross = self.model.cross_kv(xa, gates)
+                return _CrossKV(cross, xa) if check is not None else cross
 
         heads = alignment_heads(dims.n_text_layer, dims.n_text_head, self.alignment_heads_dump)
         return ModelPorts(encode, lambda cross: TorchDecoderState(self.model, cross, gates), self.tokenizer,
-                          dims.n_vocab, dims.n_text_ctx, torch_aligner(self.model, gates, heads))
+                          dims.n_vocab, dims.n_text_ctx, torch_aligner(self.model, gates, heads), check)
+
+    def _dense_check(self, gates: list[Gate], mode: str) -> DenseCheck | None:
+        """The dense decoder over a window encoded with ``gates``: the K/V of the cross-attentions they skip
+        are projected on first use, the encoder's output is the gated one."""
+        n_enc = self.model.n_encoder_gates
+        if not any(g is False for g in gates[n_enc:]):
+            return None
+        dense = gates[:n_enc] + [None] * (len(gates) - n_enc)
+        only_skipped = gates[:n_enc] + [None if g is False else False for g in gates[n_enc:]]
+
+        def dense_state(cross: _CrossKV) -> TorchDecoderState:
+            with torch.inference_mode():
+                extra = self.model.cross_kv(cross.xa, only_skipped)
+            return TorchDecoderState(self.model, [a if a is not None else b for a, b in zip(cross, extra, strict=True)],
+                                     dense)
+
+        return DenseCheck(dense_state, self.tokenizer.eot, end=mode == "all")
 
     def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, language: str | None = None,
                    task: str = "transcribe", beam_size: int = 1, temperature: float | tuple = DEFAULT_TEMPERATURES,
                    word_timestamps: bool = False, vad_filter: bool = False, budget: float | None = None,
                    mask: list[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
-                   vad_options: Any = None, **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
+                   vad_options: Any = None, dense_check: str | bool = DENSE_CHECK,
+                   **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """``segments, info`` for audio of any length: timestamps, seeking, fallback, optional word times and VAD.
 
         ``segments`` is a lazy generator (each window is decoded when iterated); ``info`` has the
@@ -172,7 +202,8 @@ class WhisperModel(MaskedModel):
         initial_prompt, prefix, compression_ratio_threshold, log_prob_threshold, no_speech_threshold,
         best_of, ...). ``budget`` needs a gate predictor: use ``edgegate.gated.load_gated``.
         ``audio_ctx``: "auto" (the model's ``default_audio_ctx``: an edge-adapted model's margin, else
-        the full 30 s), "full", or N = the real length + N encoder positions.
+        the full 30 s), "full", or N = the real length + N encoder positions. ``dense_check``: how the dense
+        decoder watches a mask that skips decoder modules ("loops", "all" or "off": edgegate.dense_check).
         """
         if budget:
             raise BudgetError(f"budget {budget:g} needs a gate predictor; load one with edgegate.gated.load_gated "
@@ -182,7 +213,8 @@ class WhisperModel(MaskedModel):
         ctx = resolve_audio_ctx(audio_ctx, self.default_audio_ctx)
         opts = build_options(language, task, beam_size, temperature, word_timestamps, ctx, options)
         mask_list = None if mask is None else [bool(m) for m in mask]
-        return transcribe_long(audio, self.ports(mask), opts, self.model.dims.n_mels, sample_rate, vad_filter,
+        return transcribe_long(audio, self.ports(mask, dense_check), opts, self.model.dims.n_mels, sample_rate,
+                               vad_filter,
                                vad_options, mask_list, plan_info(self.gate_names, mask_list, ctx))
 
     def transcribe_text(self, audio: str | Path | np.ndarray, sample_rate: int = 16000, **kwargs: Any
@@ -204,14 +236,15 @@ class WhisperModel(MaskedModel):
 
     def transcribe_windows(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
                            language: str | None = None, task: str = "transcribe", beam_size: int = 1,
-                           mask: list[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto"
-                           ) -> Transcription:
+                           mask: list[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
+                           dense_check: str | bool = DENSE_CHECK) -> Transcription:
         """Fixed 30-s windows without timestamps (one segment per window): the short-utterance path.
 
         What the evaluation, live partials and the runtime ``Session.transcribe_windows`` use (the same decoding, so
         their tokens can be compared); ``mask`` keeps (True) or skips (False) each module of
         ``gate_names``; ``audio_ctx`` trims the encoder context to the audio plus that many
-        positions ("full"/None = Whisper's full 30 s, "auto" = the model's own margin).
+        positions ("full"/None = Whisper's full 30 s, "auto" = the model's own margin); ``dense_check`` as in
+        :meth:`transcribe`.
         """
         t0 = time.perf_counter()
         audio_ctx = resolve_audio_ctx(audio_ctx, self.default_audio_ctx)
@@ -224,12 +257,13 @@ class WhisperModel(MaskedModel):
         keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         plan = Plan(keep, audio_ctx, encoder_frames(features.request.frames, audio_ctx))
         return self.run_windows(features, plan, language, task, beam_size, timings, t0,
-                                None if mask is None else [bool(m) for m in mask])
+                                None if mask is None else [bool(m) for m in mask], dense_check)
 
     def run_windows(self, features: MelFeatures, plan: Plan, language: str | None, task: str, beam_size: int,
-                    timings: dict[str, float], t0: float, mask: list[bool] | None) -> Transcription:
+                    timings: dict[str, float], t0: float, mask: list[bool] | None,
+                    dense_check: str | bool = DENSE_CHECK) -> Transcription:
         """The fixed-window path for a request whose log-mel and plan are computed (the gated model's)."""
-        ports = self.ports(None if plan.dense else plan.mask)
+        ports = self.ports(None if plan.dense else plan.mask, dense_check)
         return transcribe_windows(features, plan, ports.encode, ports.make_state, self.tokenizer,
                                   self.model.dims.n_vocab, language, task, beam_size, self.max_tokens,
-                                  timings, t0, mask)
+                                  timings, t0, mask, ports.check)

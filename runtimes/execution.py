@@ -192,12 +192,38 @@ class GraphDecoderState:
         # Window values (cross K/V) keep batch 1: the cross-attention graphs broadcast them over the beams.
 
 
-def run_window(runners: RunnerList, mel: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-window runners on one window's mel; returns the values the decoder step reads."""
+def window_env(runners: RunnerList, mel: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-window runners on one window's mel; every value they wrote (the encoder output among them)."""
     env = {"mel": np.ascontiguousarray(mel, dtype=np.float32)}
     for r in runners.per_window:
         r(env)
+    return env
+
+
+def run_window(runners: RunnerList, mel: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-window runners on one window's mel; returns the values the decoder step reads."""
+    env = window_env(runners, mel)
     return {k: env[k] for k in runners.window_values}
 
 
-__all__ = ["Runner", "RunnerList", "StateInit", "runner_list", "check_dataflow", "run_window", "GraphDecoderState"]
+def complete_window(env: Mapping[str, np.ndarray], ran: RunnerList, target: RunnerList) -> dict[str, np.ndarray]:
+    """The values ``target``'s decoder step reads, from a window ``ran`` was run on: only the per-window
+    runners ``ran`` did not have run (the cross-attention K/V producers a plan skipped, for its dense check)."""
+    have = {r.name for r in ran.per_window}
+    out = dict(env)
+    for r in target.per_window:
+        if r.name not in have:
+            r(out)
+    return {k: out[k] for k in target.window_values}
+
+
+class EncodedWindow(dict):
+    """A window's decoder-step values that also keep every per-window value (``env``) for a dense check."""
+
+    def __init__(self, values: Mapping[str, np.ndarray], env: Mapping[str, np.ndarray]):
+        super().__init__(values)
+        self.env = env
+
+
+__all__ = ["Runner", "RunnerList", "StateInit", "runner_list", "check_dataflow", "run_window", "window_env",
+           "complete_window", "EncodedWindow", "GraphDecoderState"]

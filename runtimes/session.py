@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import numpy as np
 
 from edgegate.budget import Budget, validate_budget
 from edgegate.context_tail import TailCache, extend_window, frame_axes, padding_mel
+from edgegate.dense_check import DENSE_CHECK, DenseCheck, check_mode
 from edgegate.errors import BudgetError, EdgegateError
 from edgegate.longform import (
     DEFAULT_TEMPERATURES,
@@ -61,7 +62,15 @@ from edgegate.runtimes.alignment import missing as missing_alignment
 from edgegate.runtimes.backends.base import Backend, Module
 from edgegate.runtimes.backends.registry import choose_backend, create_backend
 from edgegate.runtimes.bundle import Bundle
-from edgegate.runtimes.execution import GraphDecoderState, RunnerList, run_window, runner_list
+from edgegate.runtimes.execution import (
+    EncodedWindow,
+    GraphDecoderState,
+    RunnerList,
+    complete_window,
+    run_window,
+    runner_list,
+    window_env,
+)
 from edgegate.runtimes.family import load_frontend, load_tokenizer, owsm_segments, owsm_session_planner, transcribe_owsm
 from edgegate.runtimes.latency import measured_gate_ms
 from edgegate.runtimes.schema import LOGITS
@@ -96,6 +105,8 @@ class Session:
         self._tails = TailCache(self._padding_values)
         self.max_tokens = int(decoding.get("max_tokens", self.limits.text_positions // 2))
         self._gate_terms = [bundle.gate_terms[n] for n in self.gate_names]
+        decoder_side = {g for m in bundle.modules if m.stage != "encoder" for g in m.gates}
+        self._decoder_gates = np.array([n in decoder_side for n in self.gate_names], dtype=bool)
         self._always_on_terms = list(bundle.always_on_terms.values())
         self._runners: dict[bytes, RunnerList] = {}
         self._lock = threading.Lock()
@@ -233,18 +244,51 @@ class Session:
                 self._runners[key] = runners
         return runners
 
-    def encode(self, mel: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    def encode(self, mel: np.ndarray, mask: np.ndarray, keep_env: bool = False) -> dict[str, np.ndarray]:
         """mel (1, n_mels, frames) -> the window's values the decoder reads (audio features' cross K/V).
 
         A trimmed window of a bundle with ``decoding.context_tail`` gets the padding's values appended,
-        so the decoder reads a full window (edgegate.context_tail)."""
+        so the decoder reads a full window (edgegate.context_tail). ``keep_env``: an :class:`EncodedWindow`
+        that keeps every per-window value, for :meth:`dense_window`."""
         runners = self.runner_list(mask)
-        window = run_window(runners, mel)
+        env = window_env(runners, mel)
+        window = self._with_tail({k: env[k] for k in runners.window_values}, runners, mask, mel.shape[-1])
+        return EncodedWindow(window, env) if keep_env else window
+
+    def _with_tail(self, window: dict[str, np.ndarray], runners: RunnerList, mask: np.ndarray,
+                   n_frames: int) -> dict[str, np.ndarray]:
         full = self.limits.encoder_positions * self.limits.mel_frames_per_position
-        if not self.context_tail or mel.shape[-1] >= full:
+        if not self.context_tail or n_frames >= full:
             return window
         axes = frame_axes([t for r in runners.per_window for t in r.outputs], runners.window_values)
         return extend_window(window, self._tails.get(np.asarray(mask, dtype=bool).tobytes()), axes)
+
+    def _encoder(self, keep: np.ndarray, check: DenseCheck | None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        """encode(mel) under ``keep``: keeping the window's values for the dense check when there is one."""
+        if check is None:
+            return lambda mel: self.encode(mel, keep)
+        return lambda mel: self.encode(mel, keep, keep_env=True)
+
+    def dense_mask(self, mask: np.ndarray) -> np.ndarray | None:
+        """``mask`` with every decoder-side gate kept: what its dense check runs (None: nothing is skipped there)."""
+        dense = np.asarray(mask, dtype=bool) | self._decoder_gates
+        return None if bool(np.array_equal(dense, mask)) else dense
+
+    def dense_window(self, window: EncodedWindow, mask: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
+        """What the dense check's decoder reads of a window encoded under ``mask``: its encoder output through
+        the cross-attention K/V producers the plan skipped (the encoder does not run again)."""
+        values = complete_window(window.env, self.runner_list(mask), self.runner_list(dense))
+        return self._with_tail(values, self.runner_list(dense), dense, window.env["mel"].shape[-1])
+
+    def dense_check(self, mask: np.ndarray, vocab: str | None = None, mode: str | bool = DENSE_CHECK
+                    ) -> DenseCheck | None:
+        """The dense check of a plan in ``mode`` (edgegate.dense_check); None when it is off or the plan skips no
+        decoder module."""
+        dense = None if check_mode(mode) == "off" else self.dense_mask(mask)
+        if dense is None:
+            return None
+        return DenseCheck(lambda w: self.decoder_state(self.dense_window(w, mask, dense), dense, vocab),
+                          self.tokenizer.eot, end=check_mode(mode) == "all", chunk=self.backend.max_step_tokens)
 
     def _padding_values(self, key: bytes) -> dict[str, np.ndarray]:
         mask = np.frombuffer(key, dtype=bool)
@@ -268,18 +312,19 @@ class Session:
         return self._alignment
 
     def ports(self, mask: Sequence[bool] | np.ndarray | None = None, word_timestamps: bool = False,
-              vocab: str | None = None) -> ModelPorts:
+              vocab: str | None = None, dense_check: str | bool = "off") -> ModelPorts:
         """encode / make_state (/ align) over this bundle with ``mask`` and vocabulary shard ``vocab``
-        (see ``edgegate.longform``)."""
+        (see ``edgegate.longform``); ``dense_check``: the plan's dense check mode (edgegate.dense_check)."""
         keep = np.ones(len(self.gate_names), dtype=bool) if mask is None else self.check_mask(mask)
+        check = self.dense_check(keep, vocab, dense_check)
         align = None
         if word_timestamps:
             if self.alignment is None:
                 raise missing_alignment(self.bundle)
             align = self.alignment.aligner(self.runner_list(keep), lambda w: self.decoder_state(w, keep),
                                            self.backend.max_step_tokens, self.backend.max_batch)
-        return ModelPorts(lambda mel: self.encode(mel, keep), lambda w: self.decoder_state(w, keep, vocab),
-                          self.tokenizer, self.limits.n_vocab, self.limits.text_positions, align)
+        return ModelPorts(self._encoder(keep, check), lambda w: self.decoder_state(w, keep, vocab), self.tokenizer,
+                          self.limits.n_vocab, self.limits.text_positions, align, check)
 
     def _check_request(self, language: str | None, task: str, mask: Any, budget: Any) -> str | None:
         if mask is not None and budget is not None:
@@ -293,7 +338,8 @@ class Session:
                    temperature: float | Sequence[float] = DEFAULT_TEMPERATURES,
                    word_timestamps: bool = False, vad_filter: bool = False, budget: float | Budget | None = None,
                    mask: Sequence[bool] | np.ndarray | None = None, audio_ctx: int | str | None = "auto",
-                   vad_options: Any = None, **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
+                   vad_options: Any = None, dense_check: str | bool = DENSE_CHECK,
+                   **options: Any) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """``segments, info`` for audio of any length, exactly as ``WhisperModel.transcribe``: timestamps,
         seeking, temperature fallback, the loop guard, optional word times (the bundle's alignment
         graphs) and VAD, through :func:`edgegate.longform.transcribe_long`.
@@ -305,6 +351,9 @@ class Session:
         are :class:`edgegate.longform.LongformOptions` fields (condition_on_previous_text,
         initial_prompt, prefix, best_of, thresholds, ...). ``info.plan`` has the mask, kept/skipped
         modules, encoder frames and budget; ``info.timings`` frontend, plan, encoder, decoder, total.
+        ``dense_check``: how the dense decoder watches a plan that skips decoder modules (edgegate.dense_check):
+        "loops" (default: a looping or failed window is decoded again densely), "all" (its end of text checked
+        too) or "off"; ``info.dense_check`` counts what it did.
         """
         if self.frontend is not None:  # OWSM: its own fixed windows (no timestamps or seeking yet)
             return owsm_segments(self, audio, sample_rate, language, task, beam_size, mask, budget,
@@ -323,7 +372,7 @@ class Session:
                 plan = self.planner.plan(request or _EMPTY, language, task, spec if request else None, ctx)
             info = plan_info(self.gate_names, plan.kept, ctx)
             info["budget"] = None if plan.budget is None else plan.budget.value
-            return self.ports(plan.mask, word_timestamps, plan.vocab), plan.kept, info
+            return self.ports(plan.mask, word_timestamps, plan.vocab, dense_check), plan.kept, info
 
         return transcribe_long(audio, None, opts, self.limits.n_mels, sample_rate, vad_filter, vad_options,
                                planner=planner)
@@ -349,13 +398,15 @@ class Session:
     def transcribe_windows(self, audio: str | Path | np.ndarray, sample_rate: int = 16000,
                            language: str | None = None, task: str = "transcribe", beam_size: int = 1,
                            mask: Sequence[bool] | np.ndarray | None = None, budget: float | Budget | None = None,
-                           audio_ctx: int | None | str = "auto") -> Transcription:
+                           audio_ctx: int | None | str = "auto", dense_check: str | bool = DENSE_CHECK
+                           ) -> Transcription:
         """Transcribe (or translate to English) in fixed 30-s windows without timestamps (one segment each).
 
         The same decoding as ``WhisperModel.transcribe_windows`` (their tokens can be compared) and what
         live partials use. ``mask``/``budget``/``audio_ctx`` as in :meth:`transcribe`. ``result.mask``
         lists the kept modules; ``result.timings`` has frontend, predictor (predictor + planning),
-        encoder (+ cross K/V), decoder and total seconds.
+        encoder (+ cross K/V), decoder and total seconds; ``dense_check`` as in :meth:`transcribe`
+        (``result.dense_check`` counts).
         """
         if self.frontend is not None:  # OWSM: its own fixed windows, same runner lists and decoding
             return transcribe_owsm(self, audio, sample_rate, language, task, beam_size, mask, budget)
@@ -369,10 +420,11 @@ class Session:
             self.plan(features, language, task, budget, ctx)
         timings["predictor"] = time.perf_counter() - t1
         keep = plan.mask
-        return transcribe_windows(features, plan, lambda mel: self.encode(mel, keep),
+        check = self.dense_check(keep, plan.vocab, dense_check)
+        return transcribe_windows(features, plan, self._encoder(keep, check),
                                   lambda window: self.decoder_state(window, keep, plan.vocab), self.tokenizer,
                                   self.limits.n_vocab, language, task, beam_size, self.max_tokens, timings, t0,
-                                  plan.kept)
+                                  plan.kept, check)
 
     # -- info --------------------------------------------------------------------------------
     @property

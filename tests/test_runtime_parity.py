@@ -90,7 +90,7 @@ def test_only_kept_modules_execute(tiny):
     session._embed, session._logits = session.modules["decoder.embed"], session.modules["decoder.logits"]
     names = session.gate_names
     mask = masks(names)["adapters"]
-    session.transcribe_windows(noise_clip(), language="en", mask=mask)
+    session.transcribe_windows(noise_clip(), language="en", mask=mask, dense_check="off")  # the plan alone
     for name, keep in zip(names, mask, strict=True):
         assert (counts.get(name, 0) > 0) == keep, name
         if not keep:
@@ -98,6 +98,28 @@ def test_only_kept_modules_execute(tiny):
     assert counts.get("decoder.1.cross_kv", 0) == 0  # skipped cross-attention: no K/V projection
     assert counts["decoder.0.cross_kv"] == 1
     assert counts["encoder.stem"] == 1 and counts["decoder.logits"] == counts["decoder.embed"]
+
+
+@pytest.mark.parametrize("mode", ["loops", "all"])
+def test_the_dense_check_redoes_a_looping_window_with_the_skipped_kv_and_no_second_encoder_pass(tiny, mode):
+    ref, loaded = tiny
+    session = Session.load(loaded.bundle, full_vocab=True)
+    counts: dict[str, int] = {}
+    session.modules = {k: Counting(m, counts, k) for k, m in session.modules.items()}
+    names = session.gate_names
+    mask = [n not in {"decoder.0.cross_attn", "decoder.1.self_attn"} for n in names]  # decoder skips only
+    audio = noise_clip()
+    dense = session.transcribe_windows(audio, language="en")
+    unchecked = session.transcribe_windows(audio, language="en", mask=mask, dense_check="off")
+    counts.clear()
+    checked = session.transcribe_windows(audio, language="en", mask=mask, dense_check=mode)
+    # the random tiny decoder loops to its token limit with these skips: the window is decoded again, densely,
+    # over the gated pass's encoder output and the K/V of the skipped cross-attention projected then
+    assert checked.dense_check["redone"] == 1 and checked.dense_check["loops_cut"] == 1
+    assert checked.tokens == dense.tokens and unchecked.tokens != dense.tokens
+    assert counts["encoder.stem"] == 1 and counts["decoder.0.cross_kv"] == 1
+    a = ref.transcribe_windows(audio, language="en", mask=mask, dense_check=mode)  # PyTorch checks the same way
+    assert a.tokens == checked.tokens and a.dense_check == checked.dense_check
 
 
 # -- the real Whisper base -----------------------------------------------------------------------

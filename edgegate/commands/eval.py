@@ -18,6 +18,12 @@ examples:
   edgegate eval --manifest data/librivox.jsonl --manifest data/heldout.jsonl --out results/eval
   edgegate eval --gates runs/gates --manifest data/heldout.jsonl --budgets 0,0.25 --out results/mine
   edgegate eval --bundle bundles/cpu --manifest data/heldout.jsonl --out results/runtime
+  edgegate eval --bundle bundles/cpu --manifest data/heldout.jsonl --dense-check loops,all,off --out results/check
+
+A gated request is watched by the dense decoder as in edgegate transcribe (--dense-check loops: a window the
+gated decoder loops on is decoded again densely; all: its end of text is checked too; off: the plan alone; the
+counts go to eval.json). Several modes run side by side, every utterance with each in turn: the first mode's
+report goes to OUT, each other's to OUT/dense_check_MODE/.
 """
 
 
@@ -42,11 +48,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop decoding a window after N tokens (default: the model's, 224 for Whisper). A "
                         "looping output runs to the limit: a lower one (e.g. 96 for clips under 10 s) makes "
                         "evals of broken budgets faster but counts fewer inserted words")
+    p.add_argument("--dense-check", type=parse_modes, default=("loops",), metavar="MODE[,MODE...]",
+                   help="how the dense decoder watches gated requests: loops (default), all, off; several "
+                        "comma-separated modes are evaluated side by side")
     p.add_argument("--out", required=True, metavar="DIR", help="where eval.json and the plots go")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true", help="print every hypothesis")
     p.set_defaults(func=run)
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """--dense-check: comma-separated modes, each once."""
+    from edgegate.dense_check import MODES
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not modes or len(set(modes)) != len(modes) or not set(modes) <= set(MODES):
+        raise argparse.ArgumentTypeError(f"bad --dense-check {text!r}: pass modes such as loops or loops,all,off")
+    return modes
 
 
 def parse_budgets(text: str) -> list[float]:
@@ -67,7 +86,7 @@ def _set_names(paths: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from edgegate.data.manifest import read_manifest
-    from edgegate.evaluation import evaluate, format_table, whisper_cost_fn, write_report
+    from edgegate.evaluation import evaluate_variants, format_table, whisper_cost_fn, write_report
 
     budgets = parse_budgets(args.budgets)
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -89,20 +108,26 @@ def run(args: argparse.Namespace) -> int:
             gw.wm.max_tokens = args.max_tokens
         ctx = _audio_ctx(args.audio_ctx, gw.audio_ctx)
 
-        def transcribe_fn(audio, lang, task, budget):
+        def transcribe_fn(audio, lang, task, budget, check):
             return gw.transcribe_windows(audio, language=lang, task=task, budget=budget, beam_size=args.beam_size,
-                                 scope=args.scope, audio_ctx=ctx)
+                                         scope=args.scope, audio_ctx=ctx, dense_check=check)
 
         names = gw.gate_names
         cost_fn = whisper_cost_fn(gw.model.dims, ctx, gw.model.context_tail)
     log = (lambda s: print(s, file=sys.stderr)) if args.verbose else None
-    report = evaluate(sets, transcribe_fn, budgets, names, cost_fn, progress=not args.no_progress, log=log)
-    report["gates"] = args.bundle or args.gates
-    report["max_tokens"] = args.max_tokens
-    report["audio_ctx"] = runtime_audio_ctx(args.audio_ctx) if args.bundle else ctx
-    paths = write_report(report, args.out)
-    print(format_table(report))
-    print("\n".join(f"wrote {p}" for p in paths.values()))
+    checks = {("" if i == 0 else f"dense_check_{m}"): m for i, m in enumerate(args.dense_check)}
+    variants = {v: (lambda a, lang, task, b, c=c: transcribe_fn(a, lang, task, b, c)) for v, c in checks.items()}
+    reports = evaluate_variants(sets, variants, budgets, names, cost_fn, progress=not args.no_progress, log=log)
+    for variant, report in reports.items():
+        report["gates"] = args.bundle or args.gates
+        report["max_tokens"] = args.max_tokens
+        report["audio_ctx"] = runtime_audio_ctx(args.audio_ctx) if args.bundle else ctx
+        report["dense_check"] = checks[variant]
+        paths = write_report(report, Path(args.out) / variant)
+        if variant:
+            print(f"\n{variant}:")
+        print(format_table(report))
+        print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 
 
@@ -153,8 +178,8 @@ def _runtime(args: argparse.Namespace):
         sess.max_tokens = args.max_tokens
     ctx = runtime_audio_ctx(args.audio_ctx)
 
-    def transcribe_fn(audio, lang, task, budget):
-        return sess.transcribe_windows(audio, 16000, lang, task, budget=budget, audio_ctx=ctx)
+    def transcribe_fn(audio, lang, task, budget, check):
+        return sess.transcribe_windows(audio, 16000, lang, task, budget=budget, audio_ctx=ctx, dense_check=check)
 
     from edgegate.evaluation import request_cost_fn
 

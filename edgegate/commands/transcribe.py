@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edgegate.dense_check import DENSE_CHECK, MODES
 from edgegate.errors import EdgegateError
 from edgegate.formats import EXTENSIONS, FORMATS, render, write_atomic
 from edgegate.pipeline import Segment, TranscriptionInfo, as_segments
@@ -100,6 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=True,
                    help="prompt each window with the text before it (default: on)")
     p.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prompt the first window with")
+    p.add_argument("--dense-check", choices=MODES, default=DENSE_CHECK,
+                   help="with --budget: loops (default) = a window the gated decoder loops on is decoded again by "
+                        "the dense decoder; all = its end of text is checked too (better transcripts, slower); "
+                        "off = the plan alone")
     p.add_argument("--audio-ctx", type=audio_ctx_arg, default="auto", metavar="full|auto|N", help=AUDIO_CTX_HELP)
     p.add_argument("--max-duration", type=float, default=None, metavar="S",
                    help="refuse files longer than S seconds before decoding them (default: no limit)")
@@ -116,7 +121,7 @@ def load_transcriber(args: argparse.Namespace) -> Transcribe:
                             "audio_ctx": args.audio_ctx}
     long_opts = {"temperature": args.temperature, "word_timestamps": args.word_timestamps, "vad_filter": args.vad,
                  "condition_on_previous_text": args.condition_on_previous_text,
-                 "initial_prompt": args.initial_prompt}
+                 "initial_prompt": args.initial_prompt, "dense_check": args.dense_check}
     if args.bundle:
         return _bundle_transcriber(args, {**opts, **long_opts})
     from edgegate.models.owsm_config import is_owsm_dir
