@@ -39,11 +39,16 @@ def main() -> None:
     p.add_argument("model", help="registered name or an edgegate adapt directory")
     p.add_argument("manifest")
     p.add_argument("--probe", choices=("decoder-kinds", "encoder-singles"), default="decoder-kinds")
+    p.add_argument("--part", default="1/1", metavar="K/N", help="run only the K-th of N equal parts of the masks "
+                   "(one process per core)")
     args = p.parse_args()
+    k, n = (int(x) for x in args.part.split("/"))
     torch.set_num_threads(1)
     wm = WhisperModel(args.model, threads=1)
     entries = read_manifest(args.manifest)
-    for label, mask in probes(wm.model.gate_names, args.probe).items():
+    for i, (label, mask) in enumerate(probes(wm.model.gate_names, args.probe).items()):
+        if i % n != k - 1:
+            continue
         errors, words = manifest_word_errors(
             entries, lambda e, m=mask: wm.transcribe_text(e.audio, language=e.lang, task=e.task, mask=m,
                                                           dense_check="off").text)

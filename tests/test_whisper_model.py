@@ -118,7 +118,7 @@ def test_skipped_module_is_not_computed(tiny_hf_dir, mel, tokenizer):
     audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     skip = {"encoder.1.mlp", "decoder.0.cross_attn", "decoder.1.self_attn"}
     mask = [n not in skip for n in model.gate_names]
-    wm.transcribe_windows(audio, language="en", mask=mask)
+    wm.transcribe_windows(audio, language="en", mask=mask, dense_check="off")  # the plan alone
     for name in model.gate_names:
         if name in skip:
             assert counts.get(name, 0) == 0, name
