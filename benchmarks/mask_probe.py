@@ -6,7 +6,9 @@ on the int8 runtime). ``--probe encoder-singles`` skips one encoder module at a 
 LayerDrop run make the encoder's modules droppable?).
 
     python benchmarks/mask_probe.py MODEL MANIFEST [--probe encoder-singles]
+    python benchmarks/mask_probe.py MODEL MANIFEST --skip encoder.1.mlp,encoder.2.mlp   # skipped together
 
+Session 10, encoder-singles: docs/adaptation.md (round 2 session 10).
 Session 9 (real clips, 92 words): LayerDrop at step 1,000 dense 14, no MLP 93, no self-attention 92, neither 91;
 phase m2 dense 14, no MLP 86, no self-attention 92, neither 105.
 """
@@ -39,6 +41,8 @@ def main() -> None:
     p.add_argument("model", help="registered name or an edgegate adapt directory")
     p.add_argument("manifest")
     p.add_argument("--probe", choices=("decoder-kinds", "encoder-singles"), default="decoder-kinds")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME[,NAME...]",
+                   help="probe this set of modules skipped together instead (repeatable)")
     p.add_argument("--part", default="1/1", metavar="K/N", help="run only the K-th of N equal parts of the masks "
                    "(one process per core)")
     args = p.parse_args()
@@ -46,7 +50,10 @@ def main() -> None:
     torch.set_num_threads(1)
     wm = WhisperModel(args.model, threads=1)
     entries = read_manifest(args.manifest)
-    for i, (label, mask) in enumerate(probes(wm.model.gate_names, args.probe).items()):
+    names = wm.model.gate_names
+    masks = ({"no_" + "+".join(sorted(x.split(","))): [n not in x.split(",") for n in names] for x in args.skip}
+             if args.skip else probes(names, args.probe))
+    for i, (label, mask) in enumerate(masks.items()):
         if i % n != k - 1:
             continue
         errors, words = manifest_word_errors(
