@@ -29,8 +29,7 @@ def find_repetition(tokens: Sequence[int], eot: int, limit: int = 4, max_ngram: 
 def ends_in_loop(tokens: Sequence[int], eot: int, limit: int = 4, max_ngram: int = 40) -> bool:
     """Whether the text tokens (below ``eot``) end with an n-gram repeated ``limit`` times in a row: the
     step-by-step form of :func:`find_repetition`, cheap enough to ask after every decoder step."""
-    text = [t for t in tokens[-limit * max_ngram:] if t < eot] if len(tokens) > limit * max_ngram else \
-        [t for t in tokens if t < eot]
+    text = [t for t in tokens[-limit * max_ngram:] if t < eot]
     for n in range(1, min(max_ngram, len(text) // limit) + 1):
         gram = text[-n:]
         if all(text[-(k + 1) * n: len(text) - k * n] == gram for k in range(1, limit)):

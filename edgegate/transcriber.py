@@ -108,6 +108,7 @@ class _CrossKV(list):
     def __init__(self, cross: list, xa: torch.Tensor):
         super().__init__(cross)
         self.xa = xa
+        self.dense: list | None = None  # every layer's K/V, completed once per window
 
 
 class MaskedModel:
@@ -159,7 +160,8 @@ class WhisperModel(MaskedModel):
         ``dense_check``: the plan's dense check mode (edgegate.dense_check)."""
         gates = self.mask_to_gates(mask)
         dims = self.model.dims
-        check = None if check_mode(dense_check) == "off" else self._dense_check(gates, check_mode(dense_check))
+        mode = check_mode(dense_check)
+        check = None if mode == "off" else self._dense_check(gates, mode)
 
         def encode(mel: np.ndarray) -> list:
             with torch.inference_mode():
@@ -181,10 +183,11 @@ class WhisperModel(MaskedModel):
         only_skipped = gates[:n_enc] + [None if g is False else False for g in gates[n_enc:]]
 
         def dense_state(cross: _CrossKV) -> TorchDecoderState:
-            with torch.inference_mode():
-                extra = self.model.cross_kv(cross.xa, only_skipped)
-            return TorchDecoderState(self.model, [a if a is not None else b for a, b in zip(cross, extra, strict=True)],
-                                     dense)
+            if cross.dense is None:  # once per window: an end-checked pass and the dense redo share them
+                with torch.inference_mode():
+                    extra = self.model.cross_kv(cross.xa, only_skipped)
+                cross.dense = [a if a is not None else b for a, b in zip(cross, extra, strict=True)]
+            return TorchDecoderState(self.model, cross.dense, dense)
 
         return DenseCheck(dense_state, self.tokenizer.eot, end=mode == "all")
 

@@ -223,6 +223,7 @@ class EncodedWindow(dict):
     def __init__(self, values: Mapping[str, np.ndarray], env: Mapping[str, np.ndarray]):
         super().__init__(values)
         self.env = env
+        self.dense: dict[str, np.ndarray] | None = None  # the dense decoder's values, completed once per window
 
 
 __all__ = ["Runner", "RunnerList", "StateInit", "runner_list", "check_dataflow", "run_window", "window_env",

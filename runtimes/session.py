@@ -276,19 +276,24 @@ class Session:
 
     def dense_window(self, window: EncodedWindow, mask: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
         """What the dense check's decoder reads of a window encoded under ``mask``: its encoder output through
-        the cross-attention K/V producers the plan skipped (the encoder does not run again)."""
-        values = complete_window(window.env, self.runner_list(mask), self.runner_list(dense))
-        return self._with_tail(values, self.runner_list(dense), dense, window.env["mel"].shape[-1])
+        the cross-attention K/V producers the plan skipped (the encoder does not run again). Computed once per
+        window: an end-checked pass and the window's dense redo (and its temperature fallback) share them."""
+        if window.dense is None:
+            target = self.runner_list(dense)
+            values = complete_window(window.env, self.runner_list(mask), target)
+            window.dense = self._with_tail(values, target, dense, window.env["mel"].shape[-1])
+        return window.dense
 
     def dense_check(self, mask: np.ndarray, vocab: str | None = None, mode: str | bool = DENSE_CHECK
                     ) -> DenseCheck | None:
         """The dense check of a plan in ``mode`` (edgegate.dense_check); None when it is off or the plan skips no
         decoder module."""
-        dense = None if check_mode(mode) == "off" else self.dense_mask(mask)
+        mode = check_mode(mode)
+        dense = None if mode == "off" else self.dense_mask(mask)
         if dense is None:
             return None
         return DenseCheck(lambda w: self.decoder_state(self.dense_window(w, mask, dense), dense, vocab),
-                          self.tokenizer.eot, end=check_mode(mode) == "all", chunk=self.backend.max_step_tokens)
+                          self.tokenizer.eot, end=mode == "all", chunk=self.backend.max_step_tokens)
 
     def _padding_values(self, key: bytes) -> dict[str, np.ndarray]:
         mask = np.frombuffer(key, dtype=bool)
