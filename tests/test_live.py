@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from edgegate.errors import BudgetError
+from edgegate.errors import BudgetError, EdgegateError
 from edgegate.live import (
     NO_DEVICE_MESSAGE,
     FileSource,
@@ -189,6 +189,27 @@ def test_finals_take_the_long_form_decoding_and_partials_the_fixed_windows():
     finals, _, _ = run_events(LiveTranscriber(SessionTranscriber(session), vad=EnergyDetector(), partials=False),
                               FileSource(audio, realtime=False))
     assert [f.text for f in finals] == ["final"] and [kind for kind, _ in session.calls] == ["long-form"]
+
+
+def test_dense_check_mode_reaches_both_paths_and_bad_modes_are_refused():
+    class Checked(TwoPaths):
+        def transcribe_windows(self, audio, sample_rate=16000, language=None, task="transcribe", audio_ctx=None,
+                               **kwargs):
+            self.calls.append(("windows", kwargs))
+            return Transcription("partial", [], "en", None, len(audio) / sample_rate)
+
+    audio = np.concatenate([silence(0.5), tone(2.5), silence(1.2)])
+    model = Checked()
+    live = LiveTranscriber(TorchTranscriber(model), vad=EnergyDetector(), partial_interval=0.5, dense_check="all")
+    run_events(live, FileSource(audio, realtime=False))
+    assert {kind for kind, _ in model.calls} == {"windows", "long-form"}
+    assert all(k["dense_check"] == "all" for _, k in model.calls)
+    model = Checked()  # unset: the model's own default, so nothing is passed
+    run_events(LiveTranscriber(TorchTranscriber(model), vad=EnergyDetector(), partial_interval=0.5),
+               FileSource(audio, realtime=False))
+    assert model.calls and all("dense_check" not in k for _, k in model.calls)
+    with pytest.raises(EdgegateError, match="unknown dense check 'some'"):
+        LiveTranscriber(TorchTranscriber(Checked()), vad=EnergyDetector(), dense_check="some")
 
 
 def test_transcription_errors_are_reported_and_the_stream_goes_on():

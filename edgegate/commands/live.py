@@ -8,6 +8,7 @@ import sys
 import threading
 
 from edgegate.commands.transcribe import AUDIO_CTX_HELP, audio_ctx_arg
+from edgegate.dense_check import DENSE_CHECK, MODES
 from edgegate.errors import EdgegateError
 
 HELP = """Live transcription from a microphone, one line per utterance.
@@ -80,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-transcribe the growing utterance every S seconds of audio (default 1.0)")
     p.add_argument("--audio-ctx", type=audio_ctx_arg, default="auto", metavar="full|auto|N",
                    help=AUDIO_CTX_HELP + "; much faster on short utterances")
+    p.add_argument("--dense-check", choices=MODES, default=None,
+                   help=f"with a budget: {DENSE_CHECK} (default) = an utterance the gated decoder loops on is "
+                        "decoded again by the dense decoder; all = its end of text is checked too; off = the plan")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
                    help="text: '[start -> end] text  (latency, modules)'; jsonl: one JSON object per event")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: all cores)")
@@ -136,7 +140,7 @@ def _live(args: argparse.Namespace, vad_config):
     return LiveTranscriber(transcriber, language=args.language, task=args.task, budget=args.budget, vad=args.vad,
                            vad_config=vad_config, partials=not args.no_partials,
                            partial_interval=args.partial_interval, audio_ctx=args.audio_ctx,
-                           partial_ctx=args.audio_ctx)
+                           partial_ctx=args.audio_ctx, dense_check=args.dense_check)
 
 
 def run(args: argparse.Namespace, console=None) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgegate.dense_check import check_mode
 from edgegate.errors import BudgetError, EdgegateError
 from edgegate.live.events import Final, LiveSummary, Notice, Partial
 from edgegate.live.sources import _END, AudioSource
@@ -75,14 +76,18 @@ class LiveTranscriber:
       makes the original Whisper base loop; edge-adapted models and bundles trim by themselves.
     - Finals use the long-form decoding of ``transcribe()`` (timestamps, fallback, loop guard) on
       transcribers that say ``accepts_final``; partials the fast fixed-window path.
+    - ``dense_check``: how a gated decoder is watched by the dense one (:mod:`edgegate.dense_check`: "off",
+      "loops", "all"); None = the transcriber's default ("loops").
     - ``queue_seconds``: audio the capture queue holds before blocks are dropped (and counted).
     """
 
     def __init__(self, transcriber, *, language: str | None = None, task: str = "transcribe",
                  budget: float | None = None, vad: str | Any = "auto", vad_config: VadConfig | None = None,
                  partials: bool = True, partial_interval: float = 1.0, partial_ctx: int | str | None = None,
-                 audio_ctx: int | str | None = None, max_backlog: float = 0.3, queue_seconds: float = 60.0):
+                 audio_ctx: int | str | None = None, dense_check: str | None = None, max_backlog: float = 0.3,
+                 queue_seconds: float = 60.0):
         self.transcriber = transcriber
+        self.dense_check = None if dense_check is None else check_mode(dense_check)  # None: the model's default
         self.language = language
         self.task = task
         self.supports_budget = bool(getattr(transcriber, "supports_budget", True))
@@ -136,6 +141,8 @@ class LiveTranscriber:
         ctx = self.partial_ctx if partial else self.audio_ctx
         if ctx is not None:
             kwargs["audio_ctx"] = ctx
+        if self.dense_check is not None:
+            kwargs["dense_check"] = self.dense_check
         if not partial and self.accepts_final:  # a final: the long-form decoding rules of transcribe()
             kwargs["final"] = True
         t0 = time.perf_counter()
