@@ -225,7 +225,13 @@ def teacher_wer(targets: Targets, reference: str, tokenizer) -> float:
 
 
 def teacher_is_right(targets: Targets, item: Item, tokenizer, cfg: AdaptConfig) -> bool:
-    """True unless ``--teacher-max-wer`` is set and the teacher's output is further from the reference."""
+    """True unless the teacher's output is further from the reference than asked: WER at most
+    ``--teacher-max-wer``; for translate, with ``--teacher-translate-overlap``, a word overlap at least that."""
+    if item.task == "translate" and cfg.teacher_translate_overlap is not None:
+        from edgegate.textnorm import word_overlap
+
+        said = tokenizer.decode([int(t) for t in targets.tokens])
+        return word_overlap(item.text, said) >= cfg.teacher_translate_overlap
     return cfg.teacher_max_wer is None or teacher_wer(targets, item.text, tokenizer) <= cfg.teacher_max_wer
 
 

@@ -161,6 +161,16 @@ def word_errors(refs: list[str], hyps: list[str], language: str | None = "en") -
     return errors, n_ref
 
 
+def word_overlap(ref: str, hyp: str, language: str | None = "en") -> float:
+    """F1 of the two texts' bags of normalised words, in [0, 1]: word order and paraphrase cost little,
+    unlike WER, so it tells a translation that follows the audio from one that ignores it."""
+    from collections import Counter
+
+    r, h = Counter(normalize(ref, language).split()), Counter(normalize(hyp, language).split())
+    total = sum(r.values()) + sum(h.values())
+    return 2 * sum((r & h).values()) / total if total else 1.0
+
+
 def wer(refs: list[str], hyps: list[str], language: str | None = "en") -> float:
     """Corpus-level word error rate (errors / reference words) on normalised text (``word_errors``).
 

@@ -109,6 +109,16 @@ def test_teacher_filter_keeps_the_utterances_the_teacher_got_right(corpus, tiny_
     assert not teacher_is_right(said("Thank you for watching!"), item, tokenizer, c)
     assert teacher_is_right(said("Thank you for watching!"), item, tokenizer, replace(c, teacher_max_wer=None))
 
+    # translate: a right translation in other words fails the WER test and passes the overlap test
+    trans = Item("u.wav", "de", "translate", "There are two hundred and seventy-three trees in the garden.")
+    reworded = said("In the garden, there are 273 trees.")
+    assert not teacher_is_right(reworded, trans, tokenizer, c)
+    c2 = replace(c, teacher_translate_overlap=0.3)
+    assert teacher_is_right(reworded, trans, tokenizer, c2)
+    assert not teacher_is_right(said("Thank you for watching!"), trans, tokenizer, c2)
+    assert teacher_is_right(said("the cat sat on a hat"), item, tokenizer, c2)  # transcribe: still WER
+    assert not teacher_is_right(said("a dog is in a hat"), item, tokenizer, c2)
+
 
 def check_adapted_model_loads(out: Path, tiny_pt: Path) -> None:
     """The adapt directory is a model: base + delta, the context rule, and a SHA-256-checked delta."""
@@ -171,6 +181,7 @@ def test_resume_refuses_a_mismatched_run(corpus, tiny_pt, tokenizer, tmp_path):
     (dict(p_full=1.2), "p-full"),
     (dict(manifests=[]), "no manifest"),
     (dict(teacher_max_wer=0.0), "teacher-max-wer"),
+    (dict(teacher_translate_overlap=1.5), "teacher-translate-overlap"),
 ])
 def test_bad_settings_are_one_line_errors(corpus, tiny_pt, tmp_path, change, message):
     from edgegate.adapt import AdaptError

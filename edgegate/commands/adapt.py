@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learn only from utterances whose teacher output has WER <= X against the manifest's "
                         "text (translate: the English reference); on robotic TTS the teacher often hallucinates, "
                         "and its hidden states then say nothing about the audio (e.g. 0.5; default: all)")
+    p.add_argument("--teacher-translate-overlap", type=float, default=None, metavar="F",
+                   help="judge translate utterances instead by the word overlap (bag-of-words F1, 0..1) of the "
+                        "teacher's English with the reference, at least F: a right translation rarely has a low "
+                        "WER, a hallucinated one ('Thank you for watching!') has no overlap (e.g. 0.3)")
     p.add_argument("--teacher-audio-ctx", choices=("full", "auto"), default="full",
                    help="what the teacher's encoder sees: Whisper's full 30-s window (default), or auto: the "
                         "model's own context rule (an edge model's real length + margin). auto suits --train "
@@ -102,7 +106,8 @@ def config_from_args(args: argparse.Namespace):
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
         drop_scope=args.drop_scope, drop_max=args.drop_max, drop_min=args.drop_min, p_dense=args.p_dense,
         p_full=args.p_full, train=args.train, kl_weight=args.kl_weight,
-        teacher_max_wer=args.teacher_max_wer, teacher_context=args.teacher_audio_ctx,
+        teacher_max_wer=args.teacher_max_wer, teacher_translate_overlap=args.teacher_translate_overlap,
+        teacher_context=args.teacher_audio_ctx,
         init_from=args.init_from, masks_from=args.masks_from,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, resume=args.resume,
