@@ -14,6 +14,8 @@
 #                                                      # (stage 4c, ~2 h on 2 cores); results *_m_*
 #   DECODER=3 bash benchmarks/edge_recipe.sh           # session 9: phase m2 from DECODER=2's phase m, an ms set
 #                                                      # retrained on it (stage 4d, ~1.5 h on 2 cores); *_m2_*
+#   ENCODER=1 bash benchmarks/edge_recipe.sh           # sessions 10-11: encoder LayerDrop, then on natural voices
+#                                                      # with translation taught; a scope-both ms set (stage 4e)
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
 #                                                      # after that step; rerun the same command to resume
 #
@@ -47,8 +49,8 @@ OMP_NUM_THREADS=1 timed heldout_kokoro3 edgegate corpus synth --out "$C/kokoro_h
   --engine kokoro --workers 1 --quiet
 
 # natural voices for training (the adaptation only): ten blends of two Kokoro voices (the five pure voices stay
-# held out), 25-60 min on one core
-if [[ "${ADAPT:-0}" == 1 ]]; then
+# held out), 25-60 min on one core (16 min with --workers 2 on session 11's box: 630 utterances, 37.6 min)
+if [[ "${ADAPT:-0}" == 1 || "${ENCODER:-0}" == 1 ]]; then
 OMP_NUM_THREADS=1 timed corpus_blend edgegate corpus synth --out "$C/kokoro_blend_train" --engine kokoro-blend \
   --per-pair 70 --seed 41 --workers 1 --quiet
 # training blends minus the held-out set's texts (the held-out set stays whole: 191 utterances)
@@ -113,7 +115,7 @@ HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2
       --heldout "$C/kokoro_heldout3/manifest.jsonl")
 TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
 [[ "${ADAPT:-0}" == 1 ]] && TRAIN+=(--train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
-if [[ "${DECODER:-0}" != 2 ]]; then  # (DECODER=2 checks its own model in stage 4c)
+if [[ "${DECODER:-0}" != 2 && "${ENCODER:-0}" != 1 ]]; then  # (4c and 4e check their own models)
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
   "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge${RES:-_tail}_pytorch.json"
 fi
@@ -156,7 +158,7 @@ ms_gates() {
   # GATE_PROCS=2 when both cores are free: train-gates splits labelling and each batch over DDP ranks
   OMP_NUM_THREADS=1 timed "gates_$name" torchrun --nproc_per_node "${GATE_PROCS:-1}" --master_port 29613 \
     -m edgegate.commands.train_gates --out "$G/edge_$name" \
-    --scope decoder --steps 300 --cost-table "${COST_TABLE:-$WORK/bundles/edge-dec}" "${args[@]}"
+    --scope "${SCOPE:-decoder}" --steps 300 --cost-table "${COST_TABLE:-$WORK/bundles/edge-dec}" "${args[@]}"
   [[ "${3:-}" == train-only ]] && return
   serve_ms "$name" "$model" "$G/edge_$name"
 }
@@ -164,7 +166,7 @@ ms_gates() {
 serve_ms() {
   local name=$1 model=$2 gates=$3 b=$WORK/bundles/edge-$1
   timed "export_$name" edgegate export --model "$model" --gates "$gates" \
-    --target "$REPO/benchmarks/profiles/cpu-ms.toml" --out "$b" --force --no-progress
+    --target "$REPO/benchmarks/profiles/${MS_PROFILE:-cpu-ms}.toml" --out "$b" --force --no-progress
   OMP_NUM_THREADS=1 timed "profile_$name" edgegate profile "$b" --frames 314 --tokens 24 --threads 1 --no-progress
   OMP_NUM_THREADS=1 timed "eval_$name" edgegate eval --bundle "$b" --manifest "$E/real.jsonl" \
     --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25,0.5,0.7 --threads 1 --no-progress \
@@ -206,6 +208,43 @@ if [[ "${DECODER:-0}" == 3 ]]; then
   dense_check=$!
   serve_ms m2_decoder_ms "$WORK/runs/edge_m2" "$G/edge_m2_decoder_ms"
   wait "$dense_check"  # its exit status, so that set -e stops on a failed dense check (a bare wait returns 0)
+  exit 0
+fi
+
+# 4e. (ENCODER=1; round 2, sessions 10-11) encoder LayerDrop for gates over the encoder, 64 % of the runtime's
+#     time. Phase 1 (runs/edge_enc_ld, one process): each encoder module dropped with p ~ U(0, 0.4) on 70 % of the
+#     espeak utterances, the encoder trained, the teacher the dense model at its own context; stopped at step
+#     2,800 of 4,000. The filter --teacher-max-wer 0.75 kept ~11 % translate utterances and translation fell
+#     (BLEU 9.4 -> 3.7), so phase 2 (runs/edge_enc_ld2, 2 processes) goes on from it on natural voices (the Kokoro
+#     blends, three times over, plus espeak_train2) with translate utterances judged by word overlap. Then its
+#     dense bounds and a scope-both ms gate set on it (the cost table: the shipped decoder set's bundle, profiled).
+if [[ "${ENCODER:-0}" == 1 ]]; then
+  BLEND=$C/kokoro_blend_train/train_minus_heldout.jsonl
+  adapt_encoder() {
+    local name=$1 procs=$2 run=$WORK/runs/edge_$1; shift 2
+    local resume=(); [[ -f "$run/checkpoint/state.json" ]] && resume=(--resume)
+    OMP_NUM_THREADS=1 timed "adapt_$name" torchrun --nproc_per_node "$procs" --master_port 29614 \
+      -m edgegate.commands.adapt --model whisper-base-edge --out "$run" --repeat 2 --margin 16,64 \
+      --drop-scope encoder --drop-max 0.4 --train encoder --teacher-audio-ctx auto --teacher-max-wer 0.75 \
+      --kl-weight 0.5 --checkpoint-every 100 --log-every 20 --threads 1 --no-progress "$@" "${resume[@]}"
+  }
+  adapt_encoder enc_ld 1 --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
+    --steps 4000 --lr 1e-5 --warmup 100 --p-dense 0.3 --stop-after 2800
+  adapt_encoder enc_ld2 2 --manifest "$BLEND" --manifest "$BLEND" --manifest "$BLEND" \
+    --manifest "$C/espeak_train2/manifest.jsonl" --init-from "$WORK/runs/edge_enc_ld" --steps 1000 --lr 5e-6 \
+    --warmup 30 --p-dense 0.4 --seed 1 --teacher-translate-overlap 0.3 --stop-after "${ENC_LD2_STEPS:-700}"
+  timed eval_context_enc_ld2 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$WORK/runs/edge_enc_ld2" \
+    --rows edge/dyn,edge/full --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" \
+    "${TRAIN[@]}" --train-manifest "$BLEND" --out "$REPO/benchmarks/results/edge_enc_ld2_pytorch.json" &
+  dense_check=$!
+  if [[ ! -f "$WORK/bundles/edge-dec/manifest.json" ]]; then
+    timed export_edge_dec edgegate export --model whisper-base-edge --gates whisper-base-edge-decoder --target cpu \
+      --out "$WORK/bundles/edge-dec" --force --no-progress
+    OMP_NUM_THREADS=1 timed profile_edge_dec edgegate profile "$WORK/bundles/edge-dec" --frames 314 --tokens 24 \
+      --threads 1 --no-progress
+  fi
+  SCOPE=both MS_PROFILE=cpu-ms-both COST_TABLE=$WORK/bundles/edge-dec ms_gates enc_ld2_both_ms "$WORK/runs/edge_enc_ld2"
+  wait "$dense_check"
   exit 0
 fi
 
