@@ -8,11 +8,15 @@ hits them alike; PyTorch, greedy, language given, 1 thread):
 
 Sets: the 10 real clips of pocketsphinx-testdata (word errors counted), and the synthetic held-out manifests
 (``--heldout``; texts also in a ``--train-manifest`` are dropped, so none was trained on): corpus WER per
-language for transcribe, corpus BLEU for translate, and loops (outputs that hit the token limit).
-Encoder seconds per utterance are the model's own timings (median per row).
+language for transcribe, corpus BLEU and chrF for translate, and loops (outputs that hit the token limit).
+Encoder seconds per utterance are the model's own timings (median per row). Every row is also compared with
+``base/full`` utterance by utterance: word errors, BLEU and chrF differences with paired-bootstrap 95 %
+intervals (:mod:`edgegate.paired_bootstrap`); ``--rescore JSON`` recomputes all of that from a report's outputs.
 
     python benchmarks/bench_edge_adaptation.py --edge ~/.cache/edgegate/adapt/runs/edge1 \\
         --heldout H1.jsonl --heldout H2.jsonl --train-manifest T1.jsonl --train-manifest T2.jsonl
+    python benchmarks/bench_edge_adaptation.py --rescore benchmarks/results/edge_p3_pytorch.json \
+        --heldout H1.jsonl --heldout H2.jsonl --heldout H3.jsonl
 """
 
 from __future__ import annotations
@@ -134,27 +138,70 @@ def score_set(items: list[dict], results: list[dict]) -> dict:
             errors, words = errors + e, words + n
             per[f"{lang}/{task}"] = {"wer": round(100 * e / max(n, 1), 2), "errors": e, "words": n}
         else:
-            per[f"{lang}/{task}"] = {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)}
+            per[f"{lang}/{task}"] = {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
+                                     "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)}
     summary.update(word_errors=errors, ref_words=words, wer=round(100 * errors / max(words, 1), 2), groups=per)
-    bleus = [g["bleu"] for g in per.values() if "bleu" in g]
-    if bleus:
-        summary["bleu_mean"] = round(sum(bleus) / len(bleus), 2)
+    for metric in ("bleu", "chrf"):
+        values = [g[metric] for g in per.values() if metric in g]
+        if values:
+            summary[f"{metric}_mean"] = round(sum(values) / len(values), 2)
     return summary
 
 
+def compare_to_base(sets: dict[str, list[dict]], results: dict[str, dict[str, list[dict]]]) -> dict:
+    """Each row against ``base/full`` on the same items: differences with paired-bootstrap 95 % intervals."""
+    from edgegate.paired_bootstrap import paired_bootstrap
+
+    out: dict = {}
+    for set_name, items in sets.items():
+        base = results[set_name].get("base/full")
+        if base is None:
+            continue
+        for row, res in results[set_name].items():
+            if row != "base/full":
+                out.setdefault(row, {})[set_name] = paired_bootstrap(
+                    items, [r["text"] for r in base], [r["text"] for r in res])
+    return out
+
+
 def format_table(report: dict) -> str:
-    lines = ["| row | set | word errors / words | WER % | BLEU (mean over languages) | loops | encoder s (median) |",
-             "|---|---|---|---|---|---|---|"]
+    from edgegate.paired_bootstrap import format_interval
+
+    lines = ["| row | set | word errors / words | WER % | BLEU / chrF (means over languages) | loops "
+             "| encoder s (median) | vs base/full: word errors, BLEU, chrF (95 % interval) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, sets in report["rows"].items():
         for set_name, s in sets.items():
+            vs = report.get("vs_base", {}).get(name, {}).get(set_name, {})
+            diffs = ", ".join(format_interval(vs[k]) for k in ("word_errors", "bleu_mean", "chrf_mean") if k in vs)
             lines.append(f"| {name} | {set_name} | {s['word_errors']} / {s['ref_words']} | {s['wer']} | "
-                         f"{s.get('bleu_mean', '-')} | {s['loops']} | {s['encoder_s_median']} |")
+                         f"{s.get('bleu_mean', '-')} / {s.get('chrf_mean', '-')} | {s['loops']} | "
+                         f"{s['encoder_s_median']} | {diffs or '-'} |")
     return "\n".join(lines)
+
+
+def rescore(path: Path, sets: dict[str, list[dict]]) -> dict:
+    """An earlier report scored again from its stored outputs (same items, found by id in the manifests)."""
+    import json
+
+    report = json.loads(path.read_text())
+    by_id = {it["id"]: it for items in sets.values() for it in items}
+    items = {}
+    for set_name, rows in report["outputs"].items():
+        ids = [r["id"] for r in next(iter(rows.values()))]
+        if missing := [i for i in ids if i not in by_id]:
+            raise SystemExit(f"--rescore {path}: {len(missing)} items of set {set_name} are not in the manifests "
+                             f"given (first: {missing[0]}): pass the --heldout manifests it ran on")
+        items[set_name] = [by_id[i] for i in ids]
+    report["rows"] = {row: {s: score_set(items[s], report["outputs"][s][row]) for s in items if row in
+                            report["outputs"][s]} for row in ROWS if any(row in report["outputs"][s] for s in items)}
+    report["vs_base"] = compare_to_base(items, report["outputs"])
+    return report
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--edge", required=True, help="adapted model: an edgegate adapt directory or a registered name")
+    ap.add_argument("--edge", default=None, help="adapted model: an edgegate adapt directory or a registered name")
     ap.add_argument("--margin", type=int, default=None, help="dynamic-context margin (default: the model's rule)")
     ap.add_argument("--heldout", action="append", default=[], help="held-out synthetic manifest (repeatable)")
     ap.add_argument("--train-manifest", action="append", default=[],
@@ -165,7 +212,18 @@ def main() -> int:
     ap.add_argument("--reuse-base", type=Path, default=None, metavar="JSON",
                     help="take the rows of the original model not in --rows from this earlier result (those it has)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rescore", type=Path, default=None, metavar="JSON",
+                    help="run nothing: score this earlier report's outputs again (adds chrF and the paired-bootstrap "
+                         "intervals against base/full) and write it back in place; --edge is then not needed")
     args = ap.parse_args()
+    if args.rescore is not None:
+        args.train_manifest, args.limit = [], 0  # the report's own items, whatever was trained since
+        report = rescore(args.rescore, load_sets(args))
+        write_json_atomic(args.rescore, report)
+        print(format_table(report))
+        return 0
+    if args.edge is None:
+        raise SystemExit("--edge is required (an edgegate adapt directory or a registered name)")
 
     import torch
 
@@ -186,6 +244,7 @@ def main() -> int:
               "load_average": os.getloadavg(), "wall_s": round(time.time() - t0, 1),
               "sets": {k: len(v) for k, v in sets.items()},
               "rows": {row: {s: score_set(sets[s], results[s][row]) for s in sets} for row in all_rows},
+              "vs_base": compare_to_base(sets, results),
               "outputs": results}
     write_json_atomic(args.out, report)
     print(format_table(report))

@@ -70,7 +70,8 @@ def draw_mask(model: Whisper, cfg: AdaptConfig, rng: np.random.Generator, planne
         return list(planned(p))
     keep = []
     for name in model.gate_names:
-        in_scope = cfg.drop_scope == "both" or name.startswith(cfg.drop_scope)
+        in_scope = (cfg.drop_scope == "both" or name.startswith(cfg.drop_scope)) and (
+            not cfg.drop_only or name in cfg.drop_only)
         keep.append(not (in_scope and rng.random() < p))
     return keep
 
@@ -333,6 +334,9 @@ def _setup(cfg: AdaptConfig, model: Whisper | None, tokenizer) -> _Run:
     dist, rank, world = data_parallel()
     student, tokenizer = _load(cfg, model, tokenizer)
     teacher_margin(student, cfg)  # fail before the corpus is read
+    if unknown := [n for n in cfg.drop_only if n not in student.gate_names]:
+        raise AdaptError(f"--drop-only: {', '.join(unknown)} not modules of {cfg.model}; its modules are "
+                         f"{', '.join(student.gate_names[:3])} ... {student.gate_names[-1]}")
     items = load_items(cfg.manifests, tokenizer)
     teacher = copy.deepcopy(student).eval()
     for p in teacher.parameters():

@@ -182,6 +182,7 @@ def test_resume_refuses_a_mismatched_run(corpus, tiny_pt, tokenizer, tmp_path):
     (dict(manifests=[]), "no manifest"),
     (dict(teacher_max_wer=0.0), "teacher-max-wer"),
     (dict(teacher_translate_overlap=1.5), "teacher-translate-overlap"),
+    (dict(drop_scope="none", drop_only=("encoder.0.mlp",)), "drop-only"),
 ])
 def test_bad_settings_are_one_line_errors(corpus, tiny_pt, tmp_path, change, message):
     from edgegate.adapt import AdaptError
@@ -381,3 +382,26 @@ def test_drop_min_puts_the_planned_budgets_in_range(tiny_pt):
     for _ in range(200):
         draw_mask(model, c, rng, planned)
     assert len(asked) == 200 and min(asked) >= 0.4 and max(asked) <= 0.6 and max(asked) - min(asked) > 0.15
+
+
+def test_drop_only_confines_random_drops_to_the_named_modules(corpus, tiny_pt, tokenizer, tmp_path):
+    """--drop-only: the named modules are dropped (at p ~ U(drop_min, drop_max)), no other; a name that is not
+    a module of the model is refused before any training."""
+    from edgegate.adapt import AdaptError, draw_mask
+    from edgegate.adapt_config import AdaptConfig
+    from edgegate.models.loaders import load_whisper
+
+    model = load_whisper(tiny_pt)
+    named = (model.gate_names[1], model.gate_names[2])
+    c = AdaptConfig(manifests=["x"], out="x", model="x", drop_scope="encoder", drop_only=named, p_dense=0.0,
+                    drop_min=0.5, drop_max=0.9)
+    assert all(n.startswith("encoder.") for n in named)
+    rng, dropped = np.random.default_rng(0), np.zeros(len(model.gate_names))
+    for _ in range(200):
+        dropped += ~np.asarray(draw_mask(model, c, rng))
+    inside = [model.gate_names.index(n) for n in named]
+    assert all(dropped[i] > 60 for i in inside)
+    assert dropped.sum() == dropped[inside].sum()  # nothing outside the named modules
+    with pytest.raises(AdaptError, match="not modules of"):
+        run(cfg(corpus, tmp_path / "bad", tiny_pt, steps=2, drop_scope="encoder", drop_only=("encoder.99.mlp",)),
+            tokenizer)

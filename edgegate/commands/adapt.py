@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder positions added to the real frames, uniform in [LO, HI] (default 16,64)")
     p.add_argument("--drop-scope", choices=("none", "encoder", "decoder", "both"), default="decoder",
                    help="modules that may be dropped at random (default decoder)")
+    p.add_argument("--drop-only", default="", metavar="NAME[,NAME...]",
+                   help="drop at random only these modules (gate names such as encoder.1.mlp, within "
+                        "--drop-scope); default: every module in the scope")
     p.add_argument("--drop-max", type=float, default=0.5,
                    help="per-utterance drop probability is drawn from U(DROP_MIN, DROP_MAX) (default 0.5)")
     p.add_argument("--drop-min", type=float, default=0.0,
@@ -105,6 +108,7 @@ def config_from_args(args: argparse.Namespace):
         manifests=list(args.manifest), out=args.out, model=args.model, teacher_cache=args.teacher_cache,
         steps=args.steps, repeat=args.repeat, lr=args.lr, warmup=args.warmup, margin=(lo, hi),
         drop_scope=args.drop_scope, drop_max=args.drop_max, drop_min=args.drop_min, p_dense=args.p_dense,
+        drop_only=tuple(n for n in args.drop_only.split(",") if n),
         p_full=args.p_full, train=args.train, kl_weight=args.kl_weight,
         teacher_max_wer=args.teacher_max_wer, teacher_translate_overlap=args.teacher_translate_overlap,
         teacher_context=args.teacher_audio_ctx,
