@@ -4,7 +4,9 @@ Rows (all on the same items, the configurations alternated item by item so that 
 hits them alike; PyTorch, greedy, language given, 1 thread):
 - ``base/full``: the original whisper-base on Whisper's 30-s window (the reference);
 - ``base/dyn``: the original at the real length + the margin (it loops on short clips);
-- ``edge/full``, ``edge/dyn``: the adapted model (``--edge``: an ``edgegate adapt`` directory or a registered name).
+- ``edge/full``, ``edge/dyn``: the adapted model (``--edge``: an ``edgegate adapt`` directory or a registered name);
+- ``edge/dyn-skip``: the adapted model at dynamic context with the modules of ``--skip`` never run (a static
+  cut: is an encoder layer that LayerDrop made droppable free on the held-out set too?).
 
 Sets: the 10 real clips of pocketsphinx-testdata (word errors counted), and the synthetic held-out manifests
 (``--heldout``; texts also in a ``--train-manifest`` are dropped, so none was trained on): corpus WER per
@@ -29,6 +31,8 @@ import time
 from pathlib import Path
 
 from common import write_json_atomic
+
+from edgegate.textnorm import NORMALIZER_VERSION
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_adaptation.json"
 
@@ -60,7 +64,7 @@ def load_sets(args) -> dict[str, list[dict]]:
     return sets
 
 
-ROWS = ("base/full", "base/dyn", "edge/full", "edge/dyn")
+ROWS = ("base/full", "base/dyn", "edge/full", "edge/dyn", "edge/dyn-skip")
 
 
 def build_rows(args) -> dict:
@@ -71,8 +75,14 @@ def build_rows(args) -> dict:
     margin = args.margin if args.margin is not None else edge.model.default_audio_ctx
     if margin is None:
         raise SystemExit(f"{args.edge} carries no encoder-context rule: pass --margin")
-    rows = {"base/full": (base, None), "base/dyn": (base, margin), "edge/full": (edge, None),
-            "edge/dyn": (edge, margin)}
+    names = edge.model.gate_names
+    if "edge/dyn-skip" in args.rows and not args.skip:
+        raise SystemExit("row edge/dyn-skip needs --skip NAME[,NAME...] (module names of the model's gates)")
+    if unknown := set(args.skip) - set(names):
+        raise SystemExit(f"--skip: no module {', '.join(sorted(unknown))}; the model's are {', '.join(names)}")
+    skip_mask = [n not in args.skip for n in names]
+    rows = {"base/full": (base, None, None), "base/dyn": (base, margin, None), "edge/full": (edge, None, None),
+            "edge/dyn": (edge, margin, None), "edge/dyn-skip": (edge, margin, skip_mask)}
     return {k: v for k, v in rows.items() if k in args.rows}, margin
 
 
@@ -108,9 +118,12 @@ def run_items(rows: dict, items: list[dict], max_tokens: int, label: str) -> dic
 
     out: dict[str, list[dict]] = {name: [] for name in rows}
     for item in tqdm(items, desc=label, unit="utt", file=sys.stderr):
-        for name, (model, ctx) in rows.items():
+        for name, (model, ctx, mask) in rows.items():
             t0 = time.perf_counter()
-            r = model.transcribe_windows(item["audio"], language=item["lang"], task=item["task"], audio_ctx=ctx)
+            # a fixed cut runs the plan alone, like mask_probe.py: no dense fallback to hide its failures
+            check = {"dense_check": "off"} if mask is not None else {}
+            r = model.transcribe_windows(item["audio"], language=item["lang"], task=item["task"], audio_ctx=ctx,
+                                         mask=mask, **check)
             out[name].append({"id": item["id"], "text": r.text, "n_tokens": len(r.tokens),
                               "loop": len(r.tokens) >= max_tokens, "encoder_s": r.timings.get("encoder", 0.0),
                               "total_s": time.perf_counter() - t0})
@@ -196,6 +209,7 @@ def rescore(path: Path, sets: dict[str, list[dict]]) -> dict:
     report["rows"] = {row: {s: score_set(items[s], report["outputs"][s][row]) for s in items if row in
                             report["outputs"][s]} for row in ROWS if any(row in report["outputs"][s] for s in items)}
     report["vs_base"] = compare_to_base(items, report["outputs"])
+    report["normalizer"] = NORMALIZER_VERSION
     return report
 
 
@@ -209,6 +223,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="items per set (quick checks)")
     ap.add_argument("--rows", default=",".join(ROWS), type=lambda t: tuple(t.split(",")),
                     help=f"rows to run (default all: {','.join(ROWS)})")
+    ap.add_argument("--skip", default=(), type=lambda t: tuple(t.split(",")), metavar="NAME[,NAME...]",
+                    help="modules row edge/dyn-skip never runs (e.g. encoder.1.attn,encoder.1.mlp)")
     ap.add_argument("--reuse-base", type=Path, default=None, metavar="JSON",
                     help="take the rows of the original model not in --rows from this earlier result (those it has)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -228,10 +244,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    sets = load_sets(args)
-    rows, margin = build_rows(args)
     if bad := set(args.rows) - set(ROWS):
         raise SystemExit(f"unknown --rows {', '.join(sorted(bad))}: use {', '.join(ROWS)}")
+    sets = load_sets(args)
+    rows, margin = build_rows(args)
     max_tokens = next(iter(rows.values()))[0].model.dims.n_text_ctx // 2
     reused = reused_outputs(args.reuse_base, sets, rows, margin)
     t0 = time.time()
@@ -239,7 +255,8 @@ def main() -> int:
     for set_name, extra in reused.items():
         results[set_name] = {**extra, **results[set_name]}
     all_rows = [r for r in ROWS if any(r in results[s] for s in results)]
-    report = {"edge": str(args.edge), "margin": margin, "max_tokens": max_tokens,
+    report = {"edge": str(args.edge), "margin": margin, "max_tokens": max_tokens, "skip": list(args.skip),
+              "normalizer": NORMALIZER_VERSION,
               "ran_rows": list(rows), "reused_from": str(args.reuse_base) if reused else None,
               "load_average": os.getloadavg(), "wall_s": round(time.time() - t0, 1),
               "sets": {k: len(v) for k, v in sets.items()},

@@ -16,9 +16,13 @@
 #                                                      # retrained on it (stage 4d, ~1.5 h on 2 cores); *_m2_*
 #   ENCODER=1 bash benchmarks/edge_recipe.sh           # sessions 10-11: encoder LayerDrop, then on natural voices
 #                                                      # with translation taught; a scope-both ms set (stage 4e)
+#   ENCODER=2 bash benchmarks/edge_recipe.sh           # session 13: encoder layers 1-2 dropped, from the start on
+#                                                      # natural voices (stage 4e, ~75 min on 2 cores + 15 min)
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
 #                                                      # after that step; rerun the same command to resume
 #
+# The adaptation stages pass --retry-rejected 0: their runs were made before a rejected utterance had stand-ins
+# (round 2 session 13), and their checkpoints resume only that way.
 # Every stage is resumable: the corpus builder skips finished wavs, the teacher cache skips cached
 # utterances, the adaptation resumes from WORK/runs/edge/checkpoint. Stage wall times go to
 # WORK/recipe_times.tsv. Measured on the 2-core dev box (1 thread per process, 2 processes, other jobs
@@ -50,7 +54,7 @@ OMP_NUM_THREADS=1 timed heldout_kokoro3 edgegate corpus synth --out "$C/kokoro_h
 
 # natural voices for training (the adaptation only): ten blends of two Kokoro voices (the five pure voices stay
 # held out), 25-60 min on one core (16 min with --workers 2 on session 11's box: 630 utterances, 37.6 min)
-if [[ "${ADAPT:-0}" == 1 || "${ENCODER:-0}" == 1 ]]; then
+if [[ "${ADAPT:-0}" == 1 || "${ENCODER:-0}" != 0 ]]; then
 OMP_NUM_THREADS=1 timed corpus_blend edgegate corpus synth --out "$C/kokoro_blend_train" --engine kokoro-blend \
   --per-pair 70 --seed 41 --workers 1 --quiet
 # training blends minus the held-out set's texts (the held-out set stays whole: 191 utterances)
@@ -80,7 +84,7 @@ OMP_NUM_THREADS=1 timed adapt torchrun --nproc_per_node 2 --master_port 29611 -m
   --manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl" --out "$RUN" \
   --steps "$STEPS" --repeat 2 --lr 1e-5 --warmup 100 --margin 16,64 --p-full 0.15 --kl-weight 0.5 \
   --drop-scope none --train encoder --teacher-max-wer 0.75 \
-  --checkpoint-every 250 --log-every 20 --threads 1 --no-progress "${RESUME[@]}" "${STOP[@]}"
+  --checkpoint-every 250 --log-every 20 --threads 1 --no-progress --retry-rejected 0 "${RESUME[@]}" "${STOP[@]}"
 timed teacher_quality python "$REPO/benchmarks/teacher_quality.py" --manifest "$C/espeak_train/manifest.jsonl" \
   --manifest "$C/espeak_train2/manifest.jsonl" --manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl"
 fi
@@ -100,7 +104,7 @@ adapt_decoder() {
     -m edgegate.commands.adapt --model whisper-base-edge --manifest "$C/espeak_train/manifest.jsonl" \
     --manifest "$C/espeak_train2/manifest.jsonl" --out "$run" --repeat 2 --margin 16,64 --drop-max 0.8 \
     --train decoder --teacher-audio-ctx auto --teacher-max-wer 1.0 --kl-weight 0.5 --checkpoint-every 200 \
-    --log-every 20 --threads 1 --no-progress "$@" "${resume[@]}"
+    --log-every 20 --threads 1 --no-progress --retry-rejected 0 "$@" "${resume[@]}"
 }
 if [[ "${DECODER:-0}" == 1 ]]; then
 adapt_decoder ld --steps 2400 --lr 2e-5 --warmup 100 --drop-scope decoder --p-dense 0.25
@@ -115,7 +119,7 @@ HELD=(--heldout "$C/kokoro_heldout/manifest.jsonl" --heldout "$C/kokoro_heldout2
       --heldout "$C/kokoro_heldout3/manifest.jsonl")
 TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/espeak_train2/manifest.jsonl")
 [[ "${ADAPT:-0}" == 1 ]] && TRAIN+=(--train-manifest "$C/kokoro_blend_train/train_minus_heldout.jsonl")
-if [[ "${DECODER:-0}" != 2 && "${ENCODER:-0}" != 1 ]]; then  # (4c and 4e check their own models)
+if [[ "${DECODER:-0}" != 2 && "${ENCODER:-0}" == 0 ]]; then  # (4c and 4e check their own models)
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
   "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge${RES:-_tail}_pytorch.json"
 fi
@@ -218,7 +222,7 @@ fi
 #     (BLEU 9.4 -> 3.7), so phase 2 (runs/edge_enc_ld2, 2 processes) goes on from it on natural voices (the Kokoro
 #     blends, three times over, plus espeak_train2) with translate utterances judged by word overlap. Then its
 #     dense bounds and a scope-both ms gate set on it (the cost table: the shipped decoder set's bundle, profiled).
-if [[ "${ENCODER:-0}" == 1 ]]; then
+if [[ "${ENCODER:-0}" != 0 ]]; then
   BLEND=$C/kokoro_blend_train/train_minus_heldout.jsonl
   adapt_encoder() {
     local name=$1 procs=$2 run=$WORK/runs/edge_$1; shift 2
@@ -226,8 +230,26 @@ if [[ "${ENCODER:-0}" == 1 ]]; then
     OMP_NUM_THREADS=1 timed "adapt_$name" torchrun --nproc_per_node "$procs" --master_port 29614 \
       -m edgegate.commands.adapt --model whisper-base-edge --out "$run" --repeat 2 --margin 16,64 \
       --drop-scope encoder --drop-max 0.4 --train encoder --teacher-audio-ctx auto --teacher-max-wer 0.75 \
-      --kl-weight 0.5 --checkpoint-every 100 --log-every 20 --threads 1 --no-progress "$@" "${resume[@]}"
+      --kl-weight 0.5 --checkpoint-every 100 --log-every 20 --threads 1 --no-progress --retry-rejected 0 \
+      "$@" "${resume[@]}"
   }
+  # ENCODER=2 (session 13): from the original whisper-base-edge, natural voices and translation taught from the
+  # start, random drops confined to the modules of layers 1-2 (the ones phase 1 made droppable one at a time),
+  # p ~ U(0.3, 0.9) on 70 % of the utterances; then its dense bounds, and layer 1 cut for good (edge/dyn-skip)
+  if [[ "${ENCODER:-0}" == 2 ]]; then
+    adapt_encoder enc_l12 2 --manifest "$BLEND" --manifest "$BLEND" --manifest "$BLEND" \
+      --manifest "$C/espeak_train2/manifest.jsonl" --drop-only encoder.1.attn,encoder.1.mlp,encoder.2.attn,encoder.2.mlp \
+      --drop-min 0.3 --drop-max 0.9 --steps 900 --lr 1e-5 --warmup 50 --p-dense 0.3 --seed 2 \
+      --teacher-translate-overlap 0.3
+    timed eval_context_enc_l12 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$WORK/runs/edge_enc_l12" \
+      --rows edge/dyn,edge/full --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" \
+      "${TRAIN[@]}" --train-manifest "$BLEND" --out "$REPO/benchmarks/results/edge_enc_l12_pytorch.json"
+    timed eval_context_enc_l12_skip1 python "$REPO/benchmarks/bench_edge_adaptation.py" \
+      --edge "$WORK/runs/edge_enc_l12" --rows edge/dyn-skip --skip encoder.1.attn,encoder.1.mlp \
+      --reuse-base "$REPO/benchmarks/results/edge_tail_pytorch.json" "${HELD[@]}" "${TRAIN[@]}" \
+      --train-manifest "$BLEND" --out "$REPO/benchmarks/results/edge_enc_l12_skip1_pytorch.json"
+    exit 0
+  fi
   adapt_encoder enc_ld 1 --manifest "$C/espeak_train/manifest.jsonl" --manifest "$C/espeak_train2/manifest.jsonl" \
     --steps 4000 --lr 1e-5 --warmup 100 --p-dense 0.3 --stop-after 2800
   adapt_encoder enc_ld2 2 --manifest "$BLEND" --manifest "$BLEND" --manifest "$BLEND" \

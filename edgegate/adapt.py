@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgegate.adapt_config import CHECKPOINT_DIR, DELTA_FILE, RESUME_KEYS, AdaptConfig, AdaptError
+from edgegate.adapt_config import BEFORE_SETTING, CHECKPOINT_DIR, DELTA_FILE, RESUME_KEYS, AdaptConfig, AdaptError
 from edgegate.models.whisper import Whisper
 from edgegate.teacher import Targets, TeacherCache, teacher_targets, window_mel
 from edgegate.train_loop import checkpoint_due, data_parallel
@@ -182,7 +182,7 @@ def load_checkpoint(out: Path, params: dict[str, torch.nn.Parameter], opt, cfg: 
     old = state["config"]
     for k in RESUME_KEYS:
         mine = getattr(cfg, k)
-        theirs = old.get(k, getattr(AdaptConfig, k, None))  # keys newer than the checkpoint: their default
+        theirs = old.get(k, BEFORE_SETTING.get(k, getattr(AdaptConfig, k, None)))  # keys newer than the checkpoint
         if (list(mine) if isinstance(mine, tuple) else mine) != theirs:
             raise AdaptError(f"--resume: the checkpoint was trained with {k}={theirs!r}, this run has "
                              f"{mine!r}; use the same settings or another --out")
@@ -364,13 +364,21 @@ def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float]
 
     rng = np.random.default_rng([cfg.seed, step, run.rank])
     item = run.items[item_at(step, run.rank, run.world, len(run.items), cfg.seed, cfg.repeat)]
-    samples = load_audio(item.audio)
-    targets = targets_for(item, run.cache, run.teacher, run.tokenizer, cfg, samples)
+    # the stand-ins follow step // repeat, so the repeats of a step reuse them (their teacher is cached by then)
+    stand_in = np.random.default_rng([cfg.seed, step // cfg.repeat, run.rank, 1])
+    retried = 0
+    while True:
+        samples = load_audio(item.audio)
+        targets = targets_for(item, run.cache, run.teacher, run.tokenizer, cfg, samples)
+        usable = (targets.finished or cfg.keep_unfinished) and teacher_is_right(targets, item, run.tokenizer, cfg)
+        if usable or retried >= cfg.retry_rejected:
+            break
+        item = run.items[int(stand_in.integers(len(run.items)))]
+        retried += 1
     for g in run.opt.param_groups:
         g["lr"] = lr_at(step, cfg)
     run.opt.zero_grad(set_to_none=True)
     info: dict[str, float] = {}
-    usable = (targets.finished or cfg.keep_unfinished) and teacher_is_right(targets, item, run.tokenizer, cfg)
     if usable:
         if run.student.context_tail and cfg.train != "decoder":
             run.student.forget_padding_states()  # the padding's states follow the encoder as it learns
@@ -382,7 +390,7 @@ def adapt_step(run: _Run, step: int, cfg: AdaptConfig) -> tuple[dict[str, float]
         keep = draw_mask(run.student, cfg, rng, planned)
         loss, info = student_loss(run.student, mel, targets, keep, cfg.kl_weight)
         loss.backward()
-        info.update(full=float(margin < 0), dropped=0 if keep is None else keep.count(False))
+        info.update(full=float(margin < 0), dropped=0 if keep is None else keep.count(False), retried=retried)
         if margin >= 0:
             info["margin"] = margin
     plist = list(run.params.values())
@@ -469,7 +477,7 @@ def _record(step: int, cfg: AdaptConfig, window: list[dict], count: int, cached:
     done = [w for w in window if w]
     rec: dict = {"step": step + 1, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1), "used": len(done),
                  "of": len(window), "ranks_last": count}
-    for key in ("hidden", "last", "agree", "kl", "margin", "full", "dropped"):
+    for key in ("hidden", "last", "agree", "kl", "margin", "full", "dropped", "retried"):
         vals = [w[key] for w in done if key in w]
         if vals:
             rec[key] = round(float(np.mean(vals)), 5)

@@ -12,8 +12,11 @@ MAX_MARGIN = 1500
 CHECKPOINT_DIR = "checkpoint"
 DELTA_FILE = "adaptation.safetensors"
 RESUME_KEYS = ("model", "train", "drop_scope", "margin", "max_tokens", "seed", "manifests", "repeat", "teacher_max_wer",
-               "teacher_translate_overlap", "teacher_context", "init_from", "masks_from", "drop_only")
+               "teacher_translate_overlap", "teacher_context", "init_from", "masks_from", "drop_only",
+               "retry_rejected")
 TEACHER_CONTEXTS = ("full", "auto")
+# what a checkpoint written before a setting existed did (it resumes only with that value)
+BEFORE_SETTING = {"retry_rejected": 0}
 
 
 class AdaptError(EdgegateError):
@@ -61,6 +64,11 @@ class AdaptConfig:
     # wording, so at WER <= 0.75 only 4-12 % of espeak's translate utterances were kept against 8-89 % of
     # the transcribe ones (round 2, session 11), and translation, barely taught, fell with every phase.
     teacher_translate_overlap: float | None = None
+    # A step whose utterance the filter rejects tries up to this many other utterances (seeded) instead of
+    # idling: at --teacher-max-wer 0.75 on espeak, and even with the overlap test on natural voices, 40-70 % of
+    # the steps of round 2's runs taught nothing (session 13: 6-12 of every 20 used), so --steps overstated
+    # the updates and the learning-rate schedule ran on empty steps.
+    retry_rejected: int = 3
     # What the teacher's encoder sees: Whisper's full 30-s window, or ("auto") the model's own context rule
     # (real frames + its margin, with its context tail). "auto" suits a decoder-only run on an edge model
     # whose encoder is already right at dynamic context: the targets are then the dense model as deployed,
@@ -113,5 +121,7 @@ class AdaptConfig:
         if self.teacher_translate_overlap is not None and not 0 < self.teacher_translate_overlap <= 1:
             raise AdaptError("--teacher-translate-overlap must be in (0, 1] (e.g. 0.3): got "
                              f"{self.teacher_translate_overlap}")
+        if self.retry_rejected < 0:
+            raise AdaptError(f"--retry-rejected must be >= 0: got {self.retry_rejected}")
         if not self.lr > 0 or self.kl_weight < 0:
             raise AdaptError(f"--lr must be > 0 and --kl-weight >= 0: got {self.lr}, {self.kl_weight}")

@@ -3,9 +3,12 @@
 ``normalize_english`` follows openai/whisper's ``EnglishTextNormalizer`` in what matters for WER on
 read speech: lowercase, drop bracketed/parenthesised annotations and hesitations, expand titles
 (mr -> mister, mrs -> missus, dr -> doctor, ...) and contractions (won't -> will not, 's -> is, ...),
-strip punctuation and symbols (hyphens become spaces), strip diacritics, collapse whitespace.
-Not done (unlike Whisper): spelled-out numbers are left as they are (no "twenty one" -> "21") and
-British/American spellings are not unified.
+strip punctuation and symbols (hyphens become spaces), strip diacritics, collapse whitespace, and write
+spelled-out cardinals as digits ("twenty-one" -> "21", "two hundred and seventy three" -> "273", "five five"
+-> "5 5"), as Whisper's EnglishNumberNormalizer does, so that "Ten of clubs" and "10 of clubs" agree: on the
+cards/ clips of pocketsphinx-testdata, whose references spell numbers out, most of whisper-base's "word errors"
+were digits (round 2, session 13). Not done: ordinals, fractions, currency words, "oh" for zero, and
+British/American spellings.
 
 ``normalize_basic`` is Whisper's ``BasicTextNormalizer`` for other languages: lowercase, drop
 bracketed annotations, replace Unicode marks, symbols and punctuation by spaces, collapse whitespace.
@@ -16,7 +19,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["normalize_english", "normalize_basic", "normalize", "wer"]
+__all__ = ["normalize_english", "normalize_basic", "normalize", "wer", "NORMALIZER_VERSION"]
+
+# Stored results say which rules scored them: 2 since spelled cardinals are written as digits (round 2, session 13)
+NORMALIZER_VERSION = 2
 
 # Characters NFKD does not decompose (Whisper's ADDITIONAL_DIACRITICS).
 _ADDITIONAL_DIACRITICS = {
@@ -107,8 +113,51 @@ def _remove_symbols_and_diacritics(s: str, keep: str = "") -> str:
     return "".join(out)
 
 
+_ONES = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+_TEENS = {w: i + 10 for i, w in enumerate(
+    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: (i + 2) * 10 for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+
+
+def _number_at(words: list[str], i: int) -> tuple[int, int]:
+    """(end, value) of the longest spelled cardinal starting at ``words[i]`` (end == i: none). A word that
+    cannot extend the number ("five five", "nineteen five") ends it, and the next one starts there."""
+    total, cur, last, end, value, top = 0, 0, None, i, 0, None
+    j = i
+    while j < len(words):
+        w = words[j]
+        small = _ONES.get(w, _TEENS.get(w))
+        if small is not None and (last in (None, "hundred", "scale") or (last == "tens" and w in _ONES and small)):
+            cur, last = cur + small, "small"
+        elif w in _TENS and last in (None, "hundred", "scale"):
+            cur, last = cur + _TENS[w], "tens"
+        elif w == "hundred" and last in ("small", "tens") and 0 < cur < 100:
+            cur, last = cur * 100, "hundred"
+        elif w in _SCALES and last in ("small", "tens", "hundred") and (top is None or _SCALES[w] < top):
+            total, cur, last, top = total + cur * _SCALES[w], 0, "scale", _SCALES[w]
+        elif (w == "and" and last in ("hundred", "scale") and j + 1 < len(words)
+              and (words[j + 1] in _ONES or words[j + 1] in _TEENS or words[j + 1] in _TENS)):
+            j += 1
+            continue
+        else:
+            break
+        j += 1
+        end, value = j, total + cur
+    return end, value
+
+
+def _spelled_numbers_to_digits(s: str) -> str:
+    words, out, i = s.split(), [], 0
+    while i < len(words):
+        end, value = _number_at(words, i)
+        out.append(str(value) if end > i else words[i])
+        i = max(end, i + 1)
+    return " ".join(out)
+
+
 def normalize_english(text: str) -> str:
-    """Normalise English text the way Whisper's EnglishTextNormalizer does (minus numbers/spellings)."""
+    """Normalise English text the way Whisper's EnglishTextNormalizer does (cardinals only; no spellings)."""
     s = text.lower()
     s = _strip_annotations(s)
     s = re.sub(_HESITATIONS, "", s)
@@ -124,7 +173,7 @@ def normalize_english(text: str) -> str:
     s = re.sub(r"[.$¢€£]$", " ", s)
     s = re.sub(r"([^0-9])%", r"\1 ", s)
     s = re.sub(r"^%", " ", s)
-    return " ".join(s.split())
+    return _spelled_numbers_to_digits(s)
 
 
 def normalize_basic(text: str) -> str:

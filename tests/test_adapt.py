@@ -405,3 +405,41 @@ def test_drop_only_confines_random_drops_to_the_named_modules(corpus, tiny_pt, t
     with pytest.raises(AdaptError, match="not modules of"):
         run(cfg(corpus, tmp_path / "bad", tiny_pt, steps=2, drop_scope="encoder", drop_only=("encoder.99.mlp",)),
             tokenizer)
+
+
+def test_rejected_utterances_are_stood_in_for(corpus, tiny_pt, tokenizer, tmp_path, monkeypatch):
+    """--retry-rejected: a step whose utterance the teacher filter rejects learns from another one instead of
+    idling; with 0 it idles, as before. The stand-ins are seeded: the same run twice learns the same."""
+    import edgegate.adapt as adapt_mod
+    from edgegate.adapt import AdaptError
+
+    # the filter accepts one utterance of the corpus, as if the teacher had hallucinated on the others
+    monkeypatch.setattr(adapt_mod, "teacher_is_right", lambda targets, item, tok, c: item.audio.endswith("u1.wav"))
+    used = {}
+    for n in (0, 6):
+        out = tmp_path / f"retry{n}"
+        run(cfg(corpus, out, tiny_pt, steps=12, retry_rejected=n), tokenizer)
+        used[n] = sum(r["used"] for r in log(out))
+        if n:
+            assert all(0 <= r["retried"] <= n for r in log(out) if "retried" in r)
+    assert used[0] <= 12 // 2 < used[6], used
+    again = tmp_path / "retry6b"
+    run(cfg(corpus, again, tiny_pt, steps=12, retry_rejected=6), tokenizer)
+    assert [r["hidden"] for r in log(again) if "hidden" in r] == \
+        [r["hidden"] for r in log(tmp_path / "retry6") if "hidden" in r]
+    with pytest.raises(AdaptError, match="retry-rejected"):
+        run(cfg(corpus, tmp_path / "bad", tiny_pt, retry_rejected=-1), tokenizer)
+
+
+def test_a_checkpoint_from_before_retries_resumes_only_without_them(corpus, tiny_pt, tokenizer, tmp_path):
+    from edgegate.adapt import AdaptError
+
+    out = tmp_path / "old"
+    run(cfg(corpus, out, tiny_pt, steps=2, checkpoint_every=2, retry_rejected=0), tokenizer)
+    state = out / "checkpoint" / "state.json"
+    s = json.loads(state.read_text())
+    del s["config"]["retry_rejected"]  # as written before the setting existed, when rejected steps idled
+    state.write_text(json.dumps(s))
+    with pytest.raises(AdaptError, match="retry_rejected=0"):
+        run(cfg(corpus, out, tiny_pt, steps=4, resume=True), tokenizer)
+    assert run(cfg(corpus, out, tiny_pt, steps=4, resume=True, retry_rejected=0), tokenizer)["steps_done"] == 4

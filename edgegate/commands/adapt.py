@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learn only from utterances whose teacher output has WER <= X against the manifest's "
                         "text (translate: the English reference); on robotic TTS the teacher often hallucinates, "
                         "and its hidden states then say nothing about the audio (e.g. 0.5; default: all)")
+    p.add_argument("--retry-rejected", type=int, default=3, metavar="N",
+                   help="a step whose utterance the teacher filter rejects tries up to N other utterances instead "
+                        "of idling (default 3; 0: the step is skipped, as before round 2 session 13)")
     p.add_argument("--teacher-translate-overlap", type=float, default=None, metavar="F",
                    help="judge translate utterances instead by the word overlap (bag-of-words F1, 0..1) of the "
                         "teacher's English with the reference, at least F: a right translation rarely has a low "
@@ -111,6 +114,7 @@ def config_from_args(args: argparse.Namespace):
         drop_only=tuple(n for n in args.drop_only.split(",") if n),
         p_full=args.p_full, train=args.train, kl_weight=args.kl_weight,
         teacher_max_wer=args.teacher_max_wer, teacher_translate_overlap=args.teacher_translate_overlap,
+        retry_rejected=args.retry_rejected,
         teacher_context=args.teacher_audio_ctx,
         init_from=args.init_from, masks_from=args.masks_from,
         max_tokens=args.max_tokens, augment=not args.no_augment, seed=args.seed,
