@@ -18,6 +18,8 @@
 #                                                      # with translation taught; a scope-both ms set (stage 4e)
 #   ENCODER=2 bash benchmarks/edge_recipe.sh           # session 13: encoder layers 1-2 dropped, from the start on
 #                                                      # natural voices (stage 4e, ~75 min on 2 cores + 15 min)
+#   TRANSLATE=1 bash benchmarks/edge_recipe.sh         # session 14: a 400-item translate held-out set and the
+#                                                      # shipped model's BLEU on all held-out sets (stage 2b)
 #   STOP_AFTER=2000 bash benchmarks/edge_recipe.sh     # time-sliced: stop the adaptation with a checkpoint
 #                                                      # after that step; rerun the same command to resume
 #
@@ -122,6 +124,19 @@ TRAIN=(--train-manifest "$C/espeak_train/manifest.jsonl" --train-manifest "$C/es
 if [[ "${DECODER:-0}" != 2 && "${ENCODER:-0}" == 0 ]]; then  # (4c and 4e check their own models)
 timed eval_context python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
   "${HELD[@]}" "${TRAIN[@]}" --out "$REPO/benchmarks/results/edge${RES:-_tail}_pytorch.json"
+fi
+
+# 2b. (TRANSLATE=1; round 2, session 14) is the shipped model within 1 BLEU? The 83 translate items above give
+#     intervals ~2.6 BLEU wide: a translate-only natural-voice set (4 pairs x 100, seed 36, Kokoro's pure voices;
+#     ~5 min on 2 cores) and one run over all four held-out sets (~1 h on one core). Training texts are dropped,
+#     the blends' too (their plan: no audio needed).
+if [[ "${TRANSLATE:-0}" == 1 ]]; then
+OMP_NUM_THREADS=1 timed heldout_kokoro4 edgegate corpus synth --out "$C/kokoro_heldout4" --engine kokoro \
+  --tasks translate --languages de,es,fr,it --per-pair 100 --seed 36 --workers 2 --quiet
+edgegate corpus synth --out "$C/kokoro_blend_train" --engine kokoro-blend --per-pair 70 --seed 41 --plan-only
+timed eval_translate4 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
+  "${HELD[@]}" --heldout "$C/kokoro_heldout4/manifest.jsonl" "${TRAIN[@]}" \
+  --train-manifest "$C/kokoro_blend_train/plan.jsonl" --out "$REPO/benchmarks/results/edge_tail_translate4_pytorch.json"
 fi
 
 # 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training

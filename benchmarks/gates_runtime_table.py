@@ -6,6 +6,10 @@ languages), sums what the dense check did (edgegate.dense_check), and writes the
 (``budget_table.json``).
 
     python benchmarks/gates_runtime_table.py benchmarks/results/gates_edge_decoder_runtime/eval.json BUNDLE
+    python benchmarks/gates_runtime_table.py --rescore benchmarks/results/gates_edge_decoder_runtime/budget_table.json
+
+``--rescore`` counts the word errors of an earlier table again from the eval.json beside it (after a change of
+:mod:`edgegate.textnorm`), keeping its measured columns: the bundle it was profiled on need not exist any more.
 """
 
 from __future__ import annotations
@@ -46,7 +50,44 @@ def rows(report: dict, ms: dict[str, float]) -> list[dict]:
     return out
 
 
+def rescore(table_path: Path) -> dict:
+    """The table at ``table_path`` with its word-error columns counted again from the eval.json beside it."""
+    from bench_gates_matrix import word_error_counts
+
+    from edgegate.textnorm import NORMALIZER_VERSION
+
+    table = json.loads(table_path.read_text())
+    report = json.loads(table_path.with_name("eval.json").read_text())
+    for row in table["rows"]:
+        row.update(word_error_counts(report["utterances"], row["budget"], real_set="real"))
+    table["normalizer"] = NORMALIZER_VERSION
+    return table
+
+
+def print_table(report: dict, table: list[dict]) -> None:
+    print(f"dense check: {report.get('dense_check', 'off')}")
+    print("| budget | real word errors | synthetic word errors (WER) | synthetic BLEU | skipped gateable FLOPs "
+          "| skipped measured ms | median latency ms | vs dense | windows redone / end checks / overruled |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for r in table:
+        c = r.get("dense_check")
+        check = "-" if c is None else f"{c['redone']} / {c['end_checks']} / {c['overruled']}"
+        print(f"| {r['budget']:g} | {r['real_errors']} / {r['real_words']} | {r['synthetic_errors']} "
+              f"({r['synthetic_wer_corpus']} %) | {r['synthetic_bleu_mean']} | "
+              f"{100 * r['skipped_gateable_flops']:.1f} % | "
+              f"{r['skipped_measured_ms']} of {r['gateable_ms']} | {1000 * r['median_latency_s']:.1f} | "
+              f"{r['latency_vs_dense']} | {check} |")
+
+
 def main() -> int:
+    from edgegate.textnorm import NORMALIZER_VERSION
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--rescore":
+        path = Path(sys.argv[2])
+        table = rescore(path)
+        write_json_atomic(path, table)
+        print_table(json.loads(path.with_name("eval.json").read_text()), table["rows"])
+        return 0
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
     path, bundle = Path(sys.argv[1]), Path(sys.argv[2])
@@ -57,19 +98,9 @@ def main() -> int:
         raise SystemExit(f"{bundle} has no measured cost table: run edgegate profile {bundle}")
     table = rows(report, ms)
     write_json_atomic(path.with_name("budget_table.json"), {"eval": str(path), "bundle": str(bundle),
-                                                           "profiled": manifest["costs"].get("ms_meta"), "rows": table})
-    print(f"dense check: {report.get('dense_check', 'off')}")
-    print("| budget | real word errors | synthetic word errors (WER) | synthetic BLEU | skipped gateable FLOPs "
-          "| skipped measured ms | median latency ms | vs dense | windows redone / end checks / overruled |\n"
-          "|---|---|---|---|---|---|---|---|---|")
-    for r in table:
-        c = r["dense_check"]
-        check = "-" if c is None else f"{c['redone']} / {c['end_checks']} / {c['overruled']}"
-        print(f"| {r['budget']:g} | {r['real_errors']} / {r['real_words']} | {r['synthetic_errors']} "
-              f"({r['synthetic_wer_corpus']} %) | {r['synthetic_bleu_mean']} | "
-              f"{100 * r['skipped_gateable_flops']:.1f} % | "
-              f"{r['skipped_measured_ms']} of {r['gateable_ms']} | {1000 * r['median_latency_s']:.1f} | "
-              f"{r['latency_vs_dense']} | {check} |")
+                                                           "profiled": manifest["costs"].get("ms_meta"), "rows": table,
+                                                           "normalizer": NORMALIZER_VERSION})
+    print_table(report, table)
     return 0
 
 

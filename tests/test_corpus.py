@@ -358,6 +358,24 @@ def test_cli_synth_and_check(tmp_path, capsys):
         args.func(args)
 
 
+@needs_tts
+def test_plan_only_lists_what_the_build_makes_without_audio(corpus, tmp_path, capsys):
+    parser = _parser()
+    args = parser.parse_args(["corpus", "synth", "--out", str(tmp_path / "p"), "--per-pair", "2", "--seed", "7",
+                              "--text-source", "all" if SOURCES == texts.SOURCES else "templates", "--plan-only"])
+    assert args.func(args) == 0
+    assert "(no audio)" in capsys.readouterr().out
+    assert not (tmp_path / "p" / "audio").exists() and not (tmp_path / "p" / "manifest.jsonl").exists()
+    with pytest.raises(ManifestError, match="audio file not found"):
+        read_manifest(tmp_path / "p" / "plan.jsonl")
+    planned = read_manifest(tmp_path / "p" / "plan.jsonl", check_files=False)
+    built = read_manifest(corpus)
+    assert [(e.extra["id"], e.text, e.extra.get("source_text")) for e in planned] == \
+        [(e.extra["id"], e.text, e.extra.get("source_text")) for e in built]
+    assert all("duration" not in e.extra for e in planned)
+    assert [{k: v for k, v in e.extra.items() if k != "duration"} for e in built] == [e.extra for e in planned]
+
+
 # ---------------------------------------------------------------- Kokoro (optional)
 
 

@@ -73,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        "out of a training corpus")
     synth.add_argument("--workers", type=int, default=2, metavar="N", help="parallel synthesis calls (default: 2)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.add_argument("--plan-only", action="store_true",
+                       help="make no audio: write OUT/plan.jsonl, the utterances (texts, voices) the same "
+                       "arguments would build, e.g. to keep an evaluation set's texts out of training without "
+                       "synthesising the training corpus")
     synth.set_defaults(func=run_synth)
 
     check = sub.add_parser(
@@ -100,7 +104,7 @@ def _text_files(specs: list[str]) -> dict[str, str]:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from edgegate.data.synth import VoiceFilter, build_corpus
+    from edgegate.data.synth import VoiceFilter, build_corpus, write_plan
     from edgegate.data.texts import SOURCES
 
     def patterns(text: str) -> tuple[str, ...]:
@@ -108,6 +112,15 @@ def run_synth(args: argparse.Namespace) -> int:
 
     sources = SOURCES if args.text_source == "all" else (args.text_source,)
     start = time.perf_counter()
+    if args.plan_only:
+        plan = write_plan(
+            args.out, languages=args.languages, tasks=args.tasks, n_per_pair=args.per_pair, seed=args.seed,
+            engines=args.engine, text_sources=sources, text_files=_text_files(args.text_file),
+            voice_filter=VoiceFilter(patterns(args.voices), patterns(args.exclude_voices)),
+        )
+        _print_counts(plan, check_files=False)
+        print(f"wrote {plan} (no audio) in {time.perf_counter() - start:.1f} s")
+        return 0
     manifest = build_corpus(
         args.out, languages=args.languages, tasks=args.tasks, n_per_pair=args.per_pair, seed=args.seed,
         engines=args.engine, progress=not args.quiet, workers=args.workers, text_sources=sources,

@@ -200,6 +200,19 @@ def _duration(path: Path) -> float:
         return round(w.getnframes() / w.getframerate(), 3)
 
 
+def plan_entry(out_dir: str | os.PathLike, item: PlanItem, duration: float | None = None) -> ManifestEntry:
+    """The manifest entry of one planned utterance (``duration`` once its audio exists)."""
+    extra: dict = {"id": item.id}
+    if item.task == "translate":
+        extra["source_text"] = item.text
+    extra.update(engine=item.engine, voice=item.voice, speed=item.speed, pitch=item.pitch)
+    if duration is not None:
+        extra["duration"] = duration
+    extra["text_source"] = item.source
+    return ManifestEntry(audio=str(item.wav_path(Path(out_dir))), lang=item.lang, task=item.task,
+                         text=item.reference, extra=extra)
+
+
 def manifest_entries(out_dir: str | os.PathLike, plan: Sequence[PlanItem]) -> list[ManifestEntry]:
     """Manifest entries for a plan whose audio exists."""
     out = Path(out_dir)
@@ -208,13 +221,7 @@ def manifest_entries(out_dir: str | os.PathLike, plan: Sequence[PlanItem]) -> li
         wav = item.wav_path(out)
         if not wav.is_file():
             raise CorpusError(f"audio for {item.id} is missing ({wav}); rerun the build to make it")
-        extra = {"id": item.id}
-        if item.task == "translate":
-            extra["source_text"] = item.text
-        extra.update(engine=item.engine, voice=item.voice, speed=item.speed, pitch=item.pitch,
-                     duration=_duration(wav), text_source=item.source)
-        entries.append(ManifestEntry(audio=str(wav), lang=item.lang, task=item.task, text=item.reference,
-                                     extra=extra))
+        entries.append(plan_entry(out, item, _duration(wav)))
     return entries
 
 
@@ -227,6 +234,21 @@ def _clean_partials(out: Path, langs: Iterable[str]) -> int:
                 p.unlink()
                 removed += 1
     return removed
+
+
+def write_plan(out_dir: str | os.PathLike, languages: str | Iterable[str] = SUPPORTED_LANGUAGES,
+               tasks: str | Iterable[str] = TASKS, n_per_pair: int = 50, seed: int = 0,
+               engines: str | Sequence[str] = ("espeak",), text_sources: Sequence[str] = texts.SOURCES,
+               text_files: Mapping[str, str | os.PathLike] | None = None,
+               voice_filter: VoiceFilter | None = None) -> Path:
+    """Write ``out_dir/plan.jsonl``: what :func:`build_corpus` with these arguments would make, no audio.
+
+    Its audio paths are where the build would put the wavs; read it with ``check_files=False``.
+    """
+    plan = plan_corpus(languages, tasks, n_per_pair, seed, engines, text_sources, text_files, voice_filter)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_manifest(out / "plan.jsonl", [plan_entry(out, item) for item in plan])
 
 
 def build_corpus(out_dir: str | os.PathLike, languages: str | Iterable[str] = SUPPORTED_LANGUAGES,
