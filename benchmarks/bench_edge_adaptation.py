@@ -6,7 +6,10 @@ hits them alike; PyTorch, greedy, language given, 1 thread):
 - ``base/dyn``: the original at the real length + the margin (it loops on short clips);
 - ``edge/full``, ``edge/dyn``: the adapted model (``--edge``: an ``edgegate adapt`` directory or a registered name);
 - ``edge/dyn-skip``: the adapted model at dynamic context with the modules of ``--skip`` never run (a static
-  cut: is an encoder layer that LayerDrop made droppable free on the held-out set too?).
+  cut: is an encoder layer that LayerDrop made droppable free on the held-out set too?);
+- ``edge/dyn-fallback``: ``edge/dyn`` with the SDK's default check: a window that still fails (loops, compresses
+  too well, hits the token limit) is encoded again on the full 30 s (``context_fallbacks`` counts them). Every
+  other row runs the plan alone (``dense_check="off"``).
 
 Sets: the 10 real clips of pocketsphinx-testdata (word errors counted), and the synthetic held-out manifests
 (``--heldout``; texts also in a ``--train-manifest`` are dropped, so none was trained on; a training corpus's
@@ -68,7 +71,7 @@ def load_sets(args) -> dict[str, list[dict]]:
     return sets
 
 
-ROWS = ("base/full", "base/dyn", "edge/full", "edge/dyn", "edge/dyn-skip")
+ROWS = ("base/full", "base/dyn", "edge/full", "edge/dyn", "edge/dyn-skip", "edge/dyn-fallback")
 
 
 def build_rows(args) -> dict:
@@ -85,8 +88,9 @@ def build_rows(args) -> dict:
     if unknown := set(args.skip) - set(names):
         raise SystemExit(f"--skip: no module {', '.join(sorted(unknown))}; the model's are {', '.join(names)}")
     skip_mask = [n not in args.skip for n in names]
-    rows = {"base/full": (base, None, None), "base/dyn": (base, margin, None), "edge/full": (edge, None, None),
-            "edge/dyn": (edge, margin, None), "edge/dyn-skip": (edge, margin, skip_mask)}
+    rows = {"base/full": (base, None, None, "off"), "base/dyn": (base, margin, None, "off"),
+            "edge/full": (edge, None, None, "off"), "edge/dyn": (edge, margin, None, "off"),
+            "edge/dyn-skip": (edge, margin, skip_mask, "off"), "edge/dyn-fallback": (edge, margin, None, "loops")}
     return {k: v for k, v in rows.items() if k in args.rows}, margin
 
 
@@ -122,15 +126,14 @@ def run_items(rows: dict, items: list[dict], max_tokens: int, label: str) -> dic
 
     out: dict[str, list[dict]] = {name: [] for name in rows}
     for item in tqdm(items, desc=label, unit="utt", file=sys.stderr):
-        for name, (model, ctx, mask) in rows.items():
+        for name, (model, ctx, mask, check) in rows.items():
             t0 = time.perf_counter()
-            # a fixed cut runs the plan alone, like mask_probe.py: no dense fallback to hide its failures
-            check = {"dense_check": "off"} if mask is not None else {}
+            # the plan alone unless the row says otherwise, like mask_probe.py: no fallback hides its failures
             r = model.transcribe_windows(item["audio"], language=item["lang"], task=item["task"], audio_ctx=ctx,
-                                         mask=mask, **check)
+                                         mask=mask, dense_check=check)
             out[name].append({"id": item["id"], "text": r.text, "n_tokens": len(r.tokens),
                               "loop": len(r.tokens) >= max_tokens, "encoder_s": r.timings.get("encoder", 0.0),
-                              "total_s": time.perf_counter() - t0})
+                              "total_s": time.perf_counter() - t0, "context_fallbacks": r.context_fallbacks})
     return out
 
 
@@ -140,6 +143,7 @@ def score_set(items: list[dict], results: list[dict]) -> dict:
     from edgegate.textnorm import word_errors
 
     summary: dict = {"n": len(items), "loops": sum(r["loop"] for r in results),
+                     "context_fallbacks": sum(r.get("context_fallbacks", 0) for r in results),
                      "encoder_s_median": round(statistics.median(r["encoder_s"] for r in results), 4),
                      "total_s_median": round(statistics.median(r["total_s"] for r in results), 4)}
     groups: dict[tuple[str, str], list[int]] = {}
@@ -202,8 +206,9 @@ def format_table(report: dict) -> str:
             if nl := vs.get("no_loops"):
                 diffs += (f"; the {nl['n']} translate items neither loops on: BLEU {format_interval(nl['bleu_mean'])}, "
                           f"chrF {format_interval(nl['chrf_mean'])}")
+            fell = f" ({s['context_fallbacks']} windows redone at 30 s)" if s.get("context_fallbacks") else ""
             lines.append(f"| {name} | {set_name} | {s['word_errors']} / {s['ref_words']} | {s['wer']} | "
-                         f"{s.get('bleu_mean', '-')} / {s.get('chrf_mean', '-')} | {s['loops']} | "
+                         f"{s.get('bleu_mean', '-')} / {s.get('chrf_mean', '-')} | {s['loops']}{fell} | "
                          f"{s['encoder_s_median']} | {diffs or '-'} |")
     return "\n".join(lines)
 

@@ -134,9 +134,28 @@ if [[ "${TRANSLATE:-0}" == 1 ]]; then
 OMP_NUM_THREADS=1 timed heldout_kokoro4 edgegate corpus synth --out "$C/kokoro_heldout4" --engine kokoro \
   --tasks translate --languages de,es,fr,it --per-pair 100 --seed 36 --workers 2 --quiet
 edgegate corpus synth --out "$C/kokoro_blend_train" --engine kokoro-blend --per-pair 70 --seed 41 --plan-only
+edgegate corpus synth --out "$C/espeak_train" --per-pair 800 --seed 21 --exclude-voices +f5,+m7 --plan-only
+edgegate corpus synth --out "$C/espeak_train2" --per-pair 250 --seed 22 --exclude-voices +f5,+m7 --plan-only
 timed eval_translate4 python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" --rows base/full,edge/dyn \
   "${HELD[@]}" --heldout "$C/kokoro_heldout4/manifest.jsonl" "${TRAIN[@]}" \
   --train-manifest "$C/kokoro_blend_train/plan.jsonl" --out "$REPO/benchmarks/results/edge_tail_translate4_pytorch.json"
+# the same items with the SDK's default check: a failed window of the trimmed context is redone on the full 30 s
+timed eval_fallback python "$REPO/benchmarks/bench_edge_adaptation.py" --edge "$MODEL" \
+  --rows edge/dyn,edge/dyn-fallback --reuse-base "$REPO/benchmarks/results/edge_tail_translate4_pytorch.json" \
+  "${HELD[@]}" --heldout "$C/kokoro_heldout4/manifest.jsonl" "${TRAIN[@]}" \
+  --train-manifest "$C/kokoro_blend_train/plan.jsonl" --out "$REPO/benchmarks/results/edge_tail_fallback_pytorch.json"
+# the int8 runtime on the same held-out items: full 30 s, the model's rule, the rule with the fallback
+E4=$WORK/eval; mkdir -p "$E4"
+python - "$C" "$E4" <<'PY'
+import sys
+from edgegate.data.manifest import read_manifest, write_manifest
+c, e = sys.argv[1:3]
+def texts(name):
+    return {x.extra.get("source_text") or x.text for x in read_manifest(f"{c}/{name}/plan.jsonl", check_files=False)}
+seen = texts("espeak_train") | texts("espeak_train2") | texts("kokoro_blend_train")
+write_manifest(f"{e}/translate4_heldout.jsonl", [x for x in read_manifest(f"{c}/kokoro_heldout4/manifest.jsonl")
+                                                 if (x.extra.get("source_text") or x.text) not in seen])
+PY
 fi
 
 # 3. the evaluation sets as manifests (real clips; natural-voice held-out minus training texts), a gate-training
@@ -318,3 +337,8 @@ fi
 timed export_dense edgegate export --model "$MODEL" --target cpu --out "$WORK/bundles/base-edge" --force --no-progress
 OMP_NUM_THREADS=1 timed encoder_runtime python "$REPO/benchmarks/bench_edge_encoder.py" --bundle "$WORK/bundles/base-edge" \
   --heldout "$E/natural_heldout.jsonl" --out "$REPO/benchmarks/results/edge_tail_runtime.json"
+if [[ "${TRANSLATE:-0}" == 1 ]]; then  # (session 14) + the translate set of stage 2b
+OMP_NUM_THREADS=1 timed encoder_runtime4 python "$REPO/benchmarks/bench_edge_encoder.py" \
+  --bundle "$WORK/bundles/base-edge" --heldout "$E/natural_heldout.jsonl" --heldout "$E/translate4_heldout.jsonl" \
+  --out "$REPO/benchmarks/results/edge_tail_runtime_translate4.json"
+fi

@@ -14,6 +14,12 @@ worst outputs were loops, and about half its other word errors were words missin
   the skipped cross-attentions and a replay, which on the int8 runtime cost more than a decoder budget of 0.5
   saves (docs/adaptation.md, round 2 session 10), so it is opt-in.
 
+The same modes (all but ``off``) give a trimmed encoder context its fallback: a window encoded on the real
+length plus a margin whose result still fails the test below is encoded again on Whisper's full 30 s and
+decoded over that (``context_fallbacks`` in the results; :func:`edgegate.pipeline.transcribe_windows`,
+:func:`edgegate.longform.decode_with_fallback`). An edge-adapted model rarely needs it; the original model
+on a trimmed context loops on most short clips and then costs a second encoder pass.
+
 Greedy decoding (batch 1) is checked; beam search and best-of sampling (batch > 1) run the gated decoder
 unchecked. Torch-free: the PyTorch model and the runtime share it through their ``ModelPorts``.
 """

@@ -47,6 +47,7 @@ class Utterance:
     duration_s: float
     mask: list[bool] | None
     dense_check: dict[str, int] | None = None  # what the dense check did (edgegate.dense_check), when it ran
+    context_fallbacks: int = 0  # windows of a trimmed context decoded again at the full 30 s
 
 
 def request_cost_fn(gate_costs: Callable[..., np.ndarray], always_on: Callable[[int, int], float],
@@ -136,7 +137,8 @@ def evaluate_variants(sets: dict[str, Sequence[Any]], variants: Mapping[str, Tra
                 st = skipped / (float(np.sum(costs)) + fixed)
             utts[variant].append(Utterance(name, str(e.audio), e.lang, e.task, float(b), e.text, r.text,
                                            int(sum(mask)), n, sg, st, float(latency), float(r.duration),
-                                           [bool(m) for m in mask], getattr(r, "dense_check", None)))
+                                           [bool(m) for m in mask], getattr(r, "dense_check", None),
+                                           getattr(r, "context_fallbacks", 0)))
             if log is not None:
                 log(f"[{name} {e.lang} {e.task} b={b:g}{' ' + variant if variant else ''}] {r.text}")
     if bar is not None:
@@ -181,6 +183,7 @@ def summarize(utts: list[Utterance], budgets: Sequence[float], gate_names: Seque
         checked = [u.dense_check for u in us if u.dense_check]
         if checked:
             overall[f"{b:g}"]["dense_check"] = {k: sum(c[k] for c in checked) for k in checked[0]}
+        overall[f"{b:g}"]["context_fallbacks"] = sum(u.context_fallbacks for u in us)
     return {"budgets": [float(b) for b in budgets], "gate_names": list(gate_names), "groups": groups,
             "overall": overall, "keep_rate": keep_rate, "utterances": [asdict(u) for u in utts]}
 

@@ -37,7 +37,9 @@ class ModelPorts:
     ``make_state(cross) -> DecoderState`` and, for word timestamps, ``align(cross, tokens (1, T))``
     returning (logits (T, vocab), pre-softmax cross-attention scores of the alignment heads
     (heads, T, encoder positions)). ``check``, for a plan that skips decoder modules: the dense decoder over
-    the same encoded windows (:mod:`edgegate.dense_check`)."""
+    the same encoded windows (:mod:`edgegate.dense_check`). ``context_fallback``: a window encoded on a trimmed
+    context that fails at the first temperature is encoded again on the full 30 s (dense-check modes other than
+    ``off``)."""
 
     encode: Callable[[np.ndarray], Any]
     make_state: Callable[[Any], DecoderState]
@@ -46,6 +48,7 @@ class ModelPorts:
     n_text_ctx: int = 448
     align: Callable[[Any, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     check: DenseCheck | None = None
+    context_fallback: bool = False  # a failed window of a trimmed context is decoded again at the full 30 s
 
     def new_state(self, cross: Any) -> Callable[[], DecoderState]:
         """A factory of fresh decoder states over ``cross``: end-checked when the plan has a dense check."""
@@ -149,11 +152,15 @@ def _needs_fallback(result: DecodeResult, opts: LongformOptions, looped: bool) -
 
 
 def decode_with_fallback(cross: Any, ports: ModelPorts, opts: LongformOptions, language: str, prompt: list[int],
-                         prefix: list[int], info: TranscriptionInfo) -> tuple[DecodeResult, int | None]:
-    """Decode at each temperature until the result passes the quality checks; (result, loop start or None).
+                         prefix: list[int], info: TranscriptionInfo,
+                         full_context: Callable[[], Any] | None = None) -> tuple[DecodeResult, int | None, Any]:
+    """Decode at each temperature until the result passes the quality checks; (result, loop start or None, the
+    encoded window it was decoded over).
 
     With a dense check (``ports.check``), the first failed pass is decoded again by the dense decoder at the
-    same temperature, and it makes the rest of the fallback (edgegate.dense_check)."""
+    same temperature, and it makes the rest of the fallback (edgegate.dense_check). ``full_context()``, for a
+    window encoded on a trimmed context: the window encoded on the full 30 s; a pass that still fails at the
+    first temperature is then decoded again over it before the temperature rises (``info.context_fallbacks``)."""
     tok = ports.tokenizer
     result, loop = None, None
     new_state = ports.new_state(cross)
@@ -175,8 +182,19 @@ def decode_with_fallback(cross: Any, ports: ModelPorts, opts: LongformOptions, l
             dense = True
             new_state = ports.check.dense_states(cross)
             continue
+        if full_context is not None and i == 0:  # then the trimmed context: the full window, still greedy
+            t0 = time.perf_counter()
+            cross, full_context = full_context(), None
+            spent = time.perf_counter() - t0
+            # the caller books all time after its own encoder pass as decoder time: move this pass over
+            info.timings["encoder"] = info.timings.get("encoder", 0.0) + spent
+            info.timings["decoder"] = info.timings.get("decoder", 0.0) - spent
+            info.context_fallbacks += 1
+            info.windows += 1  # an encoder pass over a 30-s window, as the count promises
+            new_state = ports.new_state(cross) if ports.check is None else (lambda c=cross: ports.check.dense_state(c))
+            continue
         i += 1
-    return result, loop
+    return result, loop, cross
 
 
 def split_segments(tokens: list[int], window: _Window, ts_begin: int, eot: int
@@ -232,8 +250,12 @@ def transcribe_windows_long(mel, ports: ModelPorts, opts: LongformOptions, langu
         size = min(N_FRAMES, mel.content_frames - st.seek)
         window = _Window(st.seek, size, ports.encode(window_mel(mel, st.seek, size, opts.audio_ctx)))
         t1 = time.perf_counter()
-        result, loop = decode_with_fallback(window.cross, ports, opts, language, st.all_tokens[st.prompt_reset_since:],
-                                            prefix if st.seek == 0 else [], info)
+        trimmed = encoder_frames(size, opts.audio_ctx) < N_FRAMES
+        full = (lambda s=st.seek, n=size: ports.encode(window_mel(mel, s, n, None))) \
+            if ports.context_fallback and trimmed else None
+        result, loop, window.cross = decode_with_fallback(
+            window.cross, ports, opts, language, st.all_tokens[st.prompt_reset_since:],
+            prefix if st.seek == 0 else [], info, full)
         _count(info, t0, t1, steps=0)
         if _is_silence(result, opts):
             st.seek += size

@@ -64,6 +64,7 @@ class TranscriptionInfo:
     speech_chunks: list[tuple[float, float]] | None = None  # VAD chunks, seconds of the original audio
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     dense_check: dict[str, int] | None = None  # what the plan's dense check did (edgegate.dense_check)
+    context_fallbacks: int = 0  # windows of a trimmed encoder context decoded again at the full 30 s
     windows: int = 0  # encoder passes over 30-s windows (language detection included)
     decoder_steps: int = 0  # decoder calls (every temperature, beam and alignment pass included)
 
@@ -79,6 +80,7 @@ class Transcription:
     mask: list[bool] | None = None  # kept gateable modules (None = dense)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     dense_check: dict[str, int] | None = None  # what the plan's dense check did (edgegate.dense_check)
+    context_fallbacks: int = 0  # windows of a trimmed encoder context decoded again at the full 30 s
 
     @property
     def tokens(self) -> list[int]:
@@ -133,7 +135,8 @@ def mel_windows(samples: np.ndarray, n_mels: int = 80) -> Iterator[MelWindow]:
 def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.ndarray], Any],
                        make_state: Callable[[Any], Any], tokenizer: Any, n_vocab: int, language: str | None,
                        task: str, beam_size: int, max_tokens: int, timings: dict[str, float], t0: float,
-                       mask: list[bool] | None = None, check: DenseCheck | None = None) -> Transcription:
+                       mask: list[bool] | None = None, check: DenseCheck | None = None,
+                       context_fallback: bool = False) -> Transcription:
     """Fixed 30-s windows without timestamps: the short-utterance path (one segment per window).
 
     Every transcriber shares it, whatever runs the model; long-form transcription with timestamps,
@@ -145,24 +148,44 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
     not given, is detected once on the first window and kept, as Whisper does. ``mask`` is what
     the result reports as kept modules (None = dense). ``check``: the plan's dense check (edgegate.dense_check):
     end-checked greedy decoding, and a window whose gated result looks broken is decoded again densely.
+    ``context_fallback``: a window encoded on a trimmed context whose result still looks broken is encoded
+    again on Whisper's full 30 s and decoded over that (``result.context_fallbacks`` counts them).
     """
     from edgegate.decoding import decode
 
-    segments: list[Segment] = []
-    probability = None
-    for window in features.windows():
-        t1 = time.perf_counter()
-        encoded = encode(window.mel[None, :, :plan.frames_for(window.n_frames)])
-        t2 = time.perf_counter()
+    def decode_over(encoded: Any, lang: str | None) -> Any:
         new_state = (lambda e=encoded: make_state(e)) if check is None else check.states(make_state, encoded)
-        result = decode(new_state, tokenizer, n_vocab, language, task, beam_size, max_tokens=max_tokens)
+        result = decode(new_state, tokenizer, n_vocab, lang, task, beam_size, max_tokens=max_tokens)
         if check is not None and failed(result, tokenizer.eot, max_tokens):
             probs = result.language_probs
-            result = decode(check.dense_states(encoded), tokenizer, n_vocab, language or result.language, task,
+            result = decode(check.dense_states(encoded), tokenizer, n_vocab, lang or result.language, task,
                             beam_size, max_tokens=max_tokens)
             result.language_probs = probs
-        timings["encoder"] = timings.get("encoder", 0.0) + t2 - t1
-        timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - t2
+        return result
+
+    segments: list[Segment] = []
+    probability = None
+    fallbacks = 0
+    for window in features.windows():
+        frames = plan.frames_for(window.n_frames)
+        t1 = time.perf_counter()
+        encoded = encode(window.mel[None, :, :frames])
+        t2 = time.perf_counter()
+        result = decode_over(encoded, language)
+        t3 = time.perf_counter()
+        encoder_s, decoder_s = t2 - t1, t3 - t2
+        if context_fallback and frames < N_FRAMES and failed(result, tokenizer.eot, max_tokens):
+            # The trimmed context is the likelier cause (an unadapted model loops on it): the full window is the
+            # context the model was trained on, and it costs one more encoder pass only here.
+            probs = result.language_probs
+            encoded = encode(window.mel[None])
+            t4 = time.perf_counter()
+            result = decode_over(encoded, language or result.language)
+            result.language_probs = probs
+            encoder_s, decoder_s = encoder_s + t4 - t3, decoder_s + time.perf_counter() - t4
+            fallbacks += 1
+        timings["encoder"] = timings.get("encoder", 0.0) + encoder_s
+        timings["decoder"] = timings.get("decoder", 0.0) + decoder_s
         if language is None:
             language, probability = result.language, result.language_probs.get(result.language)
         segments.append(Segment(len(segments), window.start, window.end, tokenizer.decode(result.tokens).strip(),
@@ -170,7 +193,7 @@ def transcribe_windows(features: MelFeatures, plan: Plan, encode: Callable[[np.n
     timings["total"] = time.perf_counter() - t0
     text = " ".join(s.text for s in segments if s.text)
     return Transcription(text, segments, language or "", probability, features.duration, task, mask, timings,
-                         None if check is None else check.counts.as_dict())
+                         None if check is None else check.counts.as_dict(), fallbacks)
 
 
 def as_segments(r: Transcription) -> tuple[Iterator[Segment], TranscriptionInfo]:
@@ -186,4 +209,4 @@ def collect(segments: Iterator[Segment], info: TranscriptionInfo) -> Transcripti
     items = list(segments)
     text = "".join(s.text for s in items).strip()
     return Transcription(text, items, info.language, info.language_probability, info.duration, info.task,
-                         info.plan.get("mask"), dict(info.timings), info.dense_check)
+                         info.plan.get("mask"), dict(info.timings), info.dense_check, info.context_fallbacks)

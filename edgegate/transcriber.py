@@ -30,7 +30,7 @@ from edgegate.longform import (
     transcribe_long,
 )
 from edgegate.models.loaders import load_whisper
-from edgegate.models.registry import resolve_model, tokenizer_path
+from edgegate.models.registry import DEFAULT_TRANSCRIBE_MODEL, EDGE_MODELS, resolve_model, tokenizer_path
 from edgegate.models.whisper import Gate, Whisper
 from edgegate.pipeline import (
     MelFeatures,
@@ -130,8 +130,9 @@ class MaskedModel:
 class WhisperModel(MaskedModel):
     """A gated Whisper in PyTorch with its tokenizer."""
 
-    def __init__(self, model: str | Path | Whisper = "whisper-base", tokenizer: WhisperTokenizer | None = None,
-                 threads: int | None = None, alignment_heads: bytes | None = None):
+    def __init__(self, model: str | Path | Whisper = DEFAULT_TRANSCRIBE_MODEL,
+                 tokenizer: WhisperTokenizer | None = None, threads: int | None = None,
+                 alignment_heads: bytes | None = None):
         if threads:
             torch.set_num_threads(threads)
         if isinstance(model, Whisper):
@@ -141,7 +142,9 @@ class WhisperModel(MaskedModel):
             path = resolve_model(model)
             self.model = load_whisper(path)
             self.tokenizer = tokenizer or WhisperTokenizer.from_file(tokenizer_path(path))
-            alignment_heads = alignment_heads or ALIGNMENT_HEADS.get(str(model))
+            # an edge model is its base model's weights: the same cross-attention heads align words
+            base = EDGE_MODELS.get(str(model), {}).get("base_model", str(model))
+            alignment_heads = alignment_heads or ALIGNMENT_HEADS.get(base)
         # On the model too, so a bundle exported from this instance reads the same heads.
         alignment_heads = alignment_heads or getattr(self.model, "alignment_heads", None)
         self.model.alignment_heads = alignment_heads
@@ -171,7 +174,8 @@ class WhisperModel(MaskedModel):
 
         heads = alignment_heads(dims.n_text_layer, dims.n_text_head, self.alignment_heads_dump)
         return ModelPorts(encode, lambda cross: TorchDecoderState(self.model, cross, gates), self.tokenizer,
-                          dims.n_vocab, dims.n_text_ctx, torch_aligner(self.model, gates, heads), check)
+                          dims.n_vocab, dims.n_text_ctx, torch_aligner(self.model, gates, heads), check,
+                          context_fallback=mode != "off")
 
     def _dense_check(self, gates: list[Gate], mode: str) -> DenseCheck | None:
         """The dense decoder over a window encoded with ``gates``: the K/V of the cross-attentions they skip
@@ -269,4 +273,4 @@ class WhisperModel(MaskedModel):
         ports = self.ports(None if plan.dense else plan.mask, dense_check)
         return transcribe_windows(features, plan, ports.encode, ports.make_state, self.tokenizer,
                                   self.model.dims.n_vocab, language, task, beam_size, self.max_tokens,
-                                  timings, t0, mask, ports.check)
+                                  timings, t0, mask, ports.check, ports.context_fallback)

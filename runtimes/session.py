@@ -329,7 +329,8 @@ class Session:
             align = self.alignment.aligner(self.runner_list(keep), lambda w: self.decoder_state(w, keep),
                                            self.backend.max_step_tokens, self.backend.max_batch)
         return ModelPorts(self._encoder(keep, check), lambda w: self.decoder_state(w, keep, vocab), self.tokenizer,
-                          self.limits.n_vocab, self.limits.text_positions, align, check)
+                          self.limits.n_vocab, self.limits.text_positions, align, check,
+                          context_fallback=check_mode(dense_check) != "off")
 
     def _check_request(self, language: str | None, task: str, mask: Any, budget: Any) -> str | None:
         if mask is not None and budget is not None:
@@ -429,7 +430,7 @@ class Session:
         return transcribe_windows(features, plan, self._encoder(keep, check),
                                   lambda window: self.decoder_state(window, keep, plan.vocab), self.tokenizer,
                                   self.limits.n_vocab, language, task, beam_size, self.max_tokens, timings, t0,
-                                  plan.kept, check)
+                                  plan.kept, check, check_mode(dense_check) != "off")
 
     # -- info --------------------------------------------------------------------------------
     @property

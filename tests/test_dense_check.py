@@ -125,10 +125,73 @@ def test_a_window_the_gated_decoder_loops_on_is_decoded_again_by_the_dense_decod
     ports = ModelPorts(lambda mel: None, lambda cross: gated.fresh(), tokenizer, N_VOCAB, 448, None, check)
     opts = LongformOptions(language="en", without_timestamps=True, temperature=(0.0, 0.5))
     info = TranscriptionInfo("en", None, 1.0, 1.0, None)
-    result, loop = decode_with_fallback(None, ports, opts, "en", [], [], info)
+    result, loop, _ = decode_with_fallback(None, ports, opts, "en", [], [], info)
     assert loop is None and result.temperature == 0.0
     assert result.tokens == [other] * 3
     assert check.counts.loops_cut == 1 and check.counts.redone == 1
+
+
+def _context_ports(tokenizer, check=None):
+    """Ports whose decoder loops over a trimmed window ("trim") and says " no no no" over the full one ("full")."""
+    eot, prompt = tokenizer.eot, len(tokenizer.sot_sequence("en", "transcribe", timestamps=False))
+    word, other = tokenizer.encode(" yes")[0], tokenizer.encode(" no")[0]
+    loops = Logits(lambda seen: word, N_VOCAB)
+    good = Logits(lambda seen: eot if len(seen) >= prompt + 3 else other, N_VOCAB)
+    states = {"trim": loops, "full": good}
+    return ModelPorts(lambda mel: None, lambda cross: states[cross].fresh(), tokenizer, N_VOCAB, 448, None, check,
+                      context_fallback=True), other
+
+
+def test_a_trimmed_window_that_fails_is_decoded_again_on_the_full_window(tokenizer):
+    ports, other = _context_ports(tokenizer)
+    opts = LongformOptions(language="en", without_timestamps=True, temperature=(0.0, 0.5))
+    info = TranscriptionInfo("en", None, 1.0, 1.0, None)
+    result, loop, cross = decode_with_fallback("trim", ports, opts, "en", [], [], info, lambda: "full")
+    assert (result.tokens, loop, cross, result.temperature) == ([other] * 3, None, "full", 0.0)
+    assert info.context_fallbacks == 1
+    # without the full window the loop goes on to the higher temperature, and the window stays trimmed
+    info = TranscriptionInfo("en", None, 1.0, 1.0, None)
+    result, loop, cross = decode_with_fallback("trim", ports, opts, "en", [], [], info)
+    assert loop is not None and cross == "trim" and result.temperature == 0.5 and info.context_fallbacks == 0
+
+
+def test_a_gated_plan_goes_dense_first_then_to_the_full_window(tokenizer):
+    eot = tokenizer.eot
+    word = tokenizer.encode(" yes")[0]
+    ports, other = _context_ports(tokenizer)
+    dense_over = {"trim": Logits(lambda seen: word, N_VOCAB), "full": ports.make_state("full")}
+    check = DenseCheck(lambda cross: dense_over[cross].fresh(), eot)
+    ports.check = check
+    ports.make_state = lambda cross: Logits(lambda seen: word, N_VOCAB)  # the gated decoder loops everywhere
+    opts = LongformOptions(language="en", without_timestamps=True, temperature=(0.0,))
+    info = TranscriptionInfo("en", None, 1.0, 1.0, None)
+    result, loop, cross = decode_with_fallback("trim", ports, opts, "en", [], [], info, lambda: "full")
+    assert (result.tokens, cross, info.context_fallbacks) == ([other] * 3, "full", 1)
+    assert check.counts.redone == 1  # the dense decoder over the trimmed window, counted once
+
+
+def test_the_fixed_window_path_falls_back_to_the_full_window(tokenizer):
+    from edgegate.frontend import N_FRAMES
+    from edgegate.pipeline import MelFeatures, transcribe_windows
+    from edgegate.plan import Plan, encoder_frames
+
+    ports, other = _context_ports(tokenizer)
+    features = MelFeatures.of(np.zeros(16000, np.float32))
+    plan = Plan(np.ones(0, dtype=bool), 16, encoder_frames(features.request.frames, 16))
+    seen = []
+
+    def encode(mel):
+        seen.append(mel.shape[-1])
+        return "full" if mel.shape[-1] == N_FRAMES else "trim"
+
+    for fallback, want, frames, count in ((True, [other] * 3, [plan.encoder_frames, N_FRAMES], 1),
+                                          (False, None, [plan.encoder_frames], 0)):
+        seen.clear()
+        r = transcribe_windows(features, plan, encode, ports.make_state, tokenizer, N_VOCAB, "en", "transcribe", 1,
+                               20, {}, 0.0, context_fallback=fallback)
+        assert seen == frames and r.context_fallbacks == count
+        assert r.tokens == want if want else len(r.tokens) == 20  # without it the loop runs to the token limit
+        assert r.timings["encoder"] > 0 and r.timings["decoder"] > 0
 
 
 def test_an_unchecked_factory_is_the_plain_state(tokenizer):

@@ -186,10 +186,22 @@ def test_eval_on_a_bundle_runs_the_context_asked_for(tiny_bundle, tmp_path, monk
 
     monkeypatch.setattr(Session, "encode", spy)
     out = tmp_path / "eval"
+    # --dense-check off: the random model loops, and a trimmed window would fall back to the full one
     assert main(["--bundle", str(tiny_bundle), "--manifest", str(manifest), "--budgets", "0", "--audio-ctx", flag,
-                 "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+                 "--out", str(out), "--no-progress", "--threads", "1", "--dense-check", "off"]) == 0
     assert json.loads((out / "eval.json").read_text())["audio_ctx"] == used
     assert seen and set(seen) == {frames}
+
+
+def test_eval_counts_the_windows_that_fell_back_to_the_full_context(tiny_bundle, tmp_path):
+    from edgegate.commands.eval import main
+
+    out = tmp_path / "eval"
+    assert main(["--bundle", str(tiny_bundle), "--manifest", str(noise_manifest(tmp_path, seed=0)), "--budgets", "0",
+                 "--audio-ctx", "20", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["overall"]["0"]["context_fallbacks"] == 1  # the random model loops on its one trimmed window
+    assert [u["context_fallbacks"] for u in report["utterances"]] == [1]
 
 
 def test_eval_max_tokens_caps_every_window(tiny_bundle, tmp_path, monkeypatch):

@@ -139,7 +139,9 @@ def test_cli_bundle_runs_the_long_form_decoding_with_word_times(tmp_path, capsys
     assert main(["transcribe", str(wav), "--bundle", str(bundle), "--language", "en", "--temperature", "0",
                  "--word-timestamps", "--format", "json", "--audio-ctx", "16", "--threads", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["plan"]["audio_ctx"] == 16 and doc["windows"] == 1 and doc["segments"]
+    # the random model fails its trimmed window, which is then encoded again on the full 30 s
+    assert doc["plan"]["audio_ctx"] == 16 and doc["context_fallbacks"] == 1 and doc["windows"] == 2
+    assert doc["segments"]
     assert all(s["words"] is not None for s in doc["segments"]) and doc["decoder_steps"] > 1
     assert set(doc["timings"]) >= {"frontend", "plan", "encoder", "decoder", "total"}
 

@@ -188,3 +188,26 @@ def test_cost_table_matches_design_figures():
     assert list(costs) == Whisper(ModelDims(n_vocab=100, n_audio_ctx=10, n_text_ctx=10)).gate_names
     more = module_costs(ModelDims(), n_frames=1500, n_tokens=20)
     assert more["decoder.0.mlp"].flops == 20 * costs["decoder.0.mlp"].flops
+
+
+@pytest.mark.slow
+def test_a_trimmed_context_that_loops_falls_back_to_the_full_window(base_model):
+    from edgegate.data.librivox import real_clips
+
+    clips = {u: p for u, p, _ in real_clips()}
+    if "cards-001" not in clips:
+        pytest.skip("Debian package pocketsphinx-testdata is not installed (apt-get install pocketsphinx-testdata)")
+    audio = str(clips["cards-001"])  # "ten of clubs", 1.5 s: the unadapted model loops on a 16-position margin
+    plain = base_model.transcribe_windows(audio, language="en", audio_ctx=16, dense_check="off")
+    assert len(plain.tokens) == base_model.max_tokens and plain.context_fallbacks == 0
+    full = base_model.transcribe_windows(audio, language="en", audio_ctx=None)
+    checked = base_model.transcribe_windows(audio, language="en", audio_ctx=16)  # the default check: loops
+    assert checked.context_fallbacks == 1 and checked.tokens == full.tokens
+    assert full.context_fallbacks == 0  # nothing to fall back to at full context
+    # the long-form path does the same before raising the temperature
+    segments, info = base_model.transcribe(audio, language="en", audio_ctx=16)
+    segments = list(segments)
+    assert info.context_fallbacks == 1 and [s.temperature for s in segments] == [0.0]
+    reference, _ = base_model.transcribe(audio, language="en", audio_ctx=None)
+    assert [s.tokens for s in segments] == [s.tokens for s in reference]
+    assert base_model.ports(dense_check="off").context_fallback is False

@@ -21,8 +21,9 @@ examples:
   edgegate eval --bundle bundles/cpu --manifest data/heldout.jsonl --dense-check loops,all,off --out results/check
 
 A gated request is watched by the dense decoder as in edgegate transcribe (--dense-check loops: a window the
-gated decoder loops on is decoded again densely; all: its end of text is checked too; off: the plan alone; the
-counts go to eval.json). Several modes run side by side, every utterance with each in turn: the first mode's
+gated decoder loops on is decoded again densely, and a window of a trimmed encoder context that still fails is
+decoded again on the full 30 s; all: the end of text is checked too; off: the plan alone; the counts go to
+eval.json). Several modes run side by side, every utterance with each in turn: the first mode's
 report goes to OUT, each other's to OUT/dense_check_MODE/.
 """
 
@@ -49,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "looping output runs to the limit: a lower one (e.g. 96 for clips under 10 s) makes "
                         "evals of broken budgets faster but counts fewer inserted words")
     p.add_argument("--dense-check", type=parse_modes, default=("loops",), metavar="MODE[,MODE...]",
-                   help="how the dense decoder watches gated requests: loops (default), all, off; several "
-                        "comma-separated modes are evaluated side by side")
+                   help="how the dense decoder watches gated requests and trimmed contexts fall back to the full "
+                        "window: loops (default), all, off; several comma-separated modes are evaluated side by "
+                        "side")
     p.add_argument("--out", required=True, metavar="DIR", help="where eval.json and the plots go")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")

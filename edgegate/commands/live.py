@@ -10,6 +10,7 @@ import threading
 from edgegate.commands.transcribe import AUDIO_CTX_HELP, audio_ctx_arg
 from edgegate.dense_check import DENSE_CHECK, MODES
 from edgegate.errors import EdgegateError
+from edgegate.models.registry import DEFAULT_TRANSCRIBE_MODEL
 
 HELP = """Live transcription from a microphone, one line per utterance.
 
@@ -56,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--bundle", metavar="DIR", default=None,
                      help="bundle written by edgegate export, run on the torch-free runtime")
     src.add_argument("--model", default=None,
-                     help="PyTorch model: a registered name or checkpoint path (default: whisper-base)")
+                     help="PyTorch model: a registered name or checkpoint path (default: whisper-base-edge)")
     p.add_argument("--language", default=None, help="language code or name (default: detect per utterance)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
                    help="transcribe in the spoken language, or translate to English")
@@ -82,8 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-ctx", type=audio_ctx_arg, default="auto", metavar="full|auto|N",
                    help=AUDIO_CTX_HELP + "; much faster on short utterances")
     p.add_argument("--dense-check", choices=MODES, default=None,
-                   help=f"with a budget: {DENSE_CHECK} (default) = an utterance the gated decoder loops on is "
-                        "decoded again by the dense decoder; all = its end of text is checked too; off = the plan")
+                   help=f"{DENSE_CHECK} (default) = an utterance that loops is decoded again: by the dense decoder "
+                        "(with a budget), on the full 30-s window (a trimmed context); all = the gated decoder's end "
+                        "of text is checked too; off = the plan alone")
     p.add_argument("--format", choices=("text", "jsonl"), default="text",
                    help="text: '[start -> end] text  (latency, modules)'; jsonl: one JSON object per event")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: all cores)")
@@ -135,7 +137,7 @@ def _source(args: argparse.Namespace):
 def _live(args: argparse.Namespace, vad_config):
     from edgegate.live import LiveTranscriber, load_transcriber
 
-    transcriber = load_transcriber(args.bundle, args.model or "whisper-base", threads=args.threads,
+    transcriber = load_transcriber(args.bundle, args.model or DEFAULT_TRANSCRIBE_MODEL, threads=args.threads,
                                    backend=args.backend)
     return LiveTranscriber(transcriber, language=args.language, task=args.task, budget=args.budget, vad=args.vad,
                            vad_config=vad_config, partials=not args.no_partials,

@@ -12,6 +12,7 @@ from typing import Any
 from edgegate.dense_check import DENSE_CHECK, MODES
 from edgegate.errors import EdgegateError
 from edgegate.formats import EXTENSIONS, FORMATS, render, write_atomic
+from edgegate.models.registry import DEFAULT_TRANSCRIBE_MODEL
 from edgegate.pipeline import Segment, TranscriptionInfo, as_segments
 
 HELP = """Transcribe or translate audio files with a (gated) Whisper model.
@@ -71,9 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe or translate audio files", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
-    p.add_argument("--model", default="whisper-base",
+    p.add_argument("--model", default=DEFAULT_TRANSCRIBE_MODEL,
                    help="registered model name or a checkpoint path: CTranslate2 dir, transformers dir, "
-                        "OpenAI .pt, OWSM (ESPnet) dir (default: whisper-base, shipped with the install)")
+                        f"OpenAI .pt, OWSM (ESPnet) dir (default: {DEFAULT_TRANSCRIBE_MODEL}, whisper-base as shipped "
+                        "with the install, its encoder on the real audio length; whisper-base: always 30 s)")
     p.add_argument("--language", default=None,
                    help="language code or name (en, de, German...); default: detect from the first 30 s")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
@@ -102,9 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt each window with the text before it (default: on)")
     p.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prompt the first window with")
     p.add_argument("--dense-check", choices=MODES, default=DENSE_CHECK,
-                   help="with --budget: loops (default) = a window the gated decoder loops on is decoded again by "
-                        "the dense decoder; all = its end of text is checked too (better transcripts, slower); "
-                        "off = the plan alone")
+                   help="loops (default) = a window that loops is decoded again: by the dense decoder (with "
+                        "--budget), then on the full 30-s window when the encoder context is trimmed (--audio-ctx); "
+                        "all = the gated decoder's end of text is checked too (better transcripts, slower); "
+                        "off = the plan alone, no fallback")
     p.add_argument("--audio-ctx", type=audio_ctx_arg, default="auto", metavar="full|auto|N", help=AUDIO_CTX_HELP)
     p.add_argument("--max-duration", type=float, default=None, metavar="S",
                    help="refuse files longer than S seconds before decoding them (default: no limit)")

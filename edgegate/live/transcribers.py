@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edgegate.errors import BackendError, BudgetError, BundleError
+from edgegate.models.registry import DEFAULT_TRANSCRIBE_MODEL
 from edgegate.pipeline import Transcription
 
 
@@ -45,7 +46,7 @@ class TorchTranscriber:
 
     backend = "pytorch"
 
-    def __init__(self, model: Any = "whisper-base", threads: int | None = None):
+    def __init__(self, model: Any = DEFAULT_TRANSCRIBE_MODEL, threads: int | None = None):
         if isinstance(model, (str, Path)):
             try:
                 from edgegate.transcriber import WhisperModel
@@ -109,8 +110,8 @@ class SessionTranscriber:
         return describe() if callable(describe) else self.name
 
 
-def load_transcriber(bundle: str | Path | None = None, model: str = "whisper-base", threads: int | None = None,
-                     backend: str = "auto"):
+def load_transcriber(bundle: str | Path | None = None, model: str = DEFAULT_TRANSCRIBE_MODEL,
+                     threads: int | None = None, backend: str = "auto"):
     """A bundle on the torch-free runtime (``bundle``), else the PyTorch ``model``."""
     if bundle is None:
         return TorchTranscriber(model, threads=threads)
