@@ -341,4 +341,13 @@ if [[ "${TRANSLATE:-0}" == 1 ]]; then  # (session 14) + the translate set of sta
 OMP_NUM_THREADS=1 timed encoder_runtime4 python "$REPO/benchmarks/bench_edge_encoder.py" \
   --bundle "$WORK/bundles/base-edge" --heldout "$E/natural_heldout.jsonl" --heldout "$E/translate4_heldout.jsonl" \
   --out "$REPO/benchmarks/results/edge_tail_runtime_translate4.json"
+# which decoder gate set for the default model (transcribe --budget): both shipped sets on whisper-base-edge
+for g in whisper-base-decoder whisper-base-edge-decoder; do
+  OMP_NUM_THREADS=1 timed "gates_default_$g" edgegate eval --gates "$g" --model whisper-base-edge \
+    --manifest "$E/real.jsonl" --manifest "$E/natural_heldout.jsonl" --budgets 0,0.25 --audio-ctx 64 --threads 1 \
+    --no-progress --out "$REPO/benchmarks/results/gates_on_default_model/$g"
+done
+# the product path: long-form transcribe() with its defaults, the former default model against the new one
+timed default_model python "$REPO/benchmarks/bench_default_model.py" --heldout "$E/natural_heldout.jsonl" \
+  --heldout "$E/translate4_heldout.jsonl"
 fi
