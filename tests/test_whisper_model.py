@@ -211,3 +211,15 @@ def test_a_trimmed_context_that_loops_falls_back_to_the_full_window(base_model):
     reference, _ = base_model.transcribe(audio, language="en", audio_ctx=None)
     assert [s.tokens for s in segments] == [s.tokens for s in reference]
     assert base_model.ports(dense_check="off").context_fallback is False
+
+
+@pytest.mark.slow
+def test_the_edge_model_at_full_context_is_whisper_base(base_model, librivox):
+    from edgegate.transcriber import WhisperModel
+
+    edge = WhisperModel("whisper-base-edge", threads=2)
+    assert edge.default_audio_ctx == 64  # its rule: the real length + 64 positions
+    for path, _ in librivox[:2]:
+        a = base_model.transcribe_windows(str(path), language="en", audio_ctx=None)
+        b = edge.transcribe_windows(str(path), language="en", audio_ctx="full")
+        assert a.tokens == b.tokens and b.context_fallbacks == 0
