@@ -10,8 +10,9 @@ alternated item by item so that machine load hits both alike:
 Items: the 10 real clips of pocketsphinx-testdata and the held-out manifests given (``--heldout``, e.g. the
 recipe's ``eval/natural_heldout.jsonl`` and ``eval/translate4_heldout.jsonl``, whose texts are not in training).
 Scored as ``bench_edge_adaptation.py`` scores (word errors, BLEU and chrF, paired-bootstrap intervals against
-the former default); per row also the encoder seconds, the wall seconds per item, the windows the fallback redid
-and the items where the temperature rose.
+the former default; its "loops" here are segments at the token limit, which the loop guard all but rules
+out); per row also the encoder seconds, the wall seconds per item, the windows the fallback redid and the items
+where the temperature rose.
 
     python benchmarks/bench_default_model.py --heldout ~/.cache/edgegate/adapt/eval/natural_heldout.jsonl \\
         --heldout ~/.cache/edgegate/adapt/eval/translate4_heldout.jsonl
@@ -61,6 +62,8 @@ def run(models: dict, items: list[dict], label: str) -> dict[str, list[dict]]:
             r = collect(*model.transcribe(item["audio"], language=item["lang"], task=item["task"]))
             n_tokens = len(r.tokens)
             out[name].append({"id": item["id"], "text": r.text, "n_tokens": n_tokens,
+                              # segments at the token limit, not loops: the long-form loop guard cuts a
+                              # repeating window before it is printed, and what it cut is not reported
                               "loop": any(len(s.tokens) >= model.max_tokens for s in r.segments),
                               "encoder_s": r.timings.get("encoder", 0.0), "total_s": time.perf_counter() - t0,
                               "context_fallbacks": r.context_fallbacks,
